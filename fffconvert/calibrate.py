@@ -1,0 +1,73 @@
+"""Calibration: read text, and capture what every dense FFN sees on it.
+
+One forward pass of the dense model records the input of each FFN at every real (non-padding)
+token, up to `max_tokens` tokens. That is all that is kept: activations and outputs are recomputed
+from these inputs, one layer at a time, so memory stays at layers x tokens x hidden floats.
+"""
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .surgery import ConversionError, find_ffns
+
+DEFAULT_CORPUS = Path(__file__).parent / "data" / "calibration.txt"
+
+
+def read_texts(path) -> list[str]:
+    """Non-empty lines of a UTF-8 text file; a clear error for a missing, unreadable or empty one."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConversionError(f"cannot read calibration file {path}: {e.strerror if isinstance(e, OSError) else e}")
+    texts = [t.strip() for t in lines if t.strip()]
+    if not texts:
+        raise ConversionError(f"calibration file {path} has no text")
+    return texts
+
+
+def tokenize(tokenizer, texts, max_length: int = 128):
+    """Token ids per text (truncated), without padding."""
+    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+
+def count_tokens(ids) -> int:
+    return sum(len(x) for x in ids)
+
+
+@torch.no_grad()
+def capture_ffn_inputs(model, ids, max_tokens: int, batch_size: int = 32, device="cpu", progress=True):
+    """Inputs of every FFN at up to `max_tokens` real tokens: a list (one per layer) of [N, H]."""
+    blocks = find_ffns(model)
+    stores = [[] for _ in blocks]
+    state = {"mask": None}
+
+    def hook(i):
+        def fn(_module, args):
+            stores[i].append(args[0][state["mask"]].float().cpu())
+        return fn
+
+    handles = [b.fc1.register_forward_pre_hook(hook(i)) for i, b in enumerate(blocks)]
+    model.eval().to(device)
+    pad = 0
+    seen = 0
+    try:
+        bar = tqdm(total=max_tokens, desc="calibration", unit="tok", disable=not progress)
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start: start + batch_size]
+            width = max(len(x) for x in chunk)
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in chunk], device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in chunk], device=device)
+            state["mask"] = mask.bool()
+            model(input_ids=input_ids, attention_mask=mask)
+            n = int(mask.sum())
+            bar.update(min(n, max_tokens - seen))
+            seen += n
+            if seen >= max_tokens:
+                break
+        bar.close()
+    finally:
+        for h in handles:
+            h.remove()
+    return [torch.cat(s)[:max_tokens] for s in stores]

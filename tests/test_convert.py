@@ -1,0 +1,82 @@
+"""Conversion of tiny random models end to end: determinism, checks, the safetensors round trip."""
+import json
+
+import pytest
+import torch
+
+import fffconvert
+from fffconvert.convert import FFFConfig, check_calibration
+from fffconvert.distill import DistillConfig
+from fffconvert.surgery import ARCHITECTURES, ConversionError, fff_layers
+from conftest import tiny_model
+
+SMALL = dict(depth=2, calib_tokens=600, distill=DistillConfig(steps=3, batch_tokens=64))
+
+
+def convert_tiny(model_type, head, tokenizer, texts, seed=0):
+    model = tiny_model(model_type, head)
+    return fffconvert.convert(model, FFFConfig(seed=seed, **SMALL), texts[:60], tokenizer, progress=False)
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_round_trip_gives_the_same_outputs(model_type, tokenizer, texts, tmp_path):
+    for head in ("ForSequenceClassification", "ForMaskedLM"):
+        model = convert_tiny(model_type, head, tokenizer, texts).eval()
+        fffconvert.save_pretrained(model, tmp_path / head, tokenizer)
+        loaded = fffconvert.from_pretrained(tmp_path / head)
+        assert type(loaded) is type(model) and not loaded.training
+        batch = tokenizer(texts[100:105], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=1e-5, atol=1e-5)
+        files = {p.name for p in (tmp_path / head).iterdir()}
+        assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= files
+        assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+
+
+def test_config_records_the_conversion(tokenizer, texts, tmp_path):
+    model = convert_tiny("bert", "Model", tokenizer, texts)
+    fffconvert.save_pretrained(model, tmp_path / "m", tokenizer, command="fffconvert x --depth 2")
+    fff = json.loads((tmp_path / "m" / "config.json").read_text())["fff"]
+    assert fff["depth"] == 2 and fff["leaf_width"] == 16 and fff["version"] == fffconvert.__version__
+    assert fff["rows_per_token"] == 18 and fff["rows_total"] == 3 + 4 * 16
+    assert len(fff["layers"]) == 2 and {"fvu_random", "fvu_init", "fvu_hard", "fvu_oracle", "agreement"} <= fff["layers"][0].keys()
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "18 of 67 FFN weight rows" in card and "fffconvert x --depth 2" in card
+
+
+def test_conversion_is_deterministic_under_seed(tokenizer, texts):
+    a = convert_tiny("distilbert", "Model", tokenizer, texts, seed=3).state_dict()
+    b = convert_tiny("distilbert", "Model", tokenizer, texts, seed=3).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_converted_layers_are_eval_and_hard(tokenizer, texts):
+    model = convert_tiny("roberta", "Model", tokenizer, texts)
+    assert all(not layer.soft and not layer.training for layer in fff_layers(model))
+
+
+def test_too_deep_for_the_calibration_tokens(tokenizer, texts):
+    ids = tokenizer(texts[:10])["input_ids"]
+    with pytest.raises(ConversionError, match="depth 12 needs at least"):
+        check_calibration(FFFConfig(depth=12), ids)
+
+
+def test_failed_save_leaves_nothing(tmp_path, tokenizer, texts):
+    model = convert_tiny("bert", "Model", tokenizer, texts)
+
+    class Broken:
+        def save_pretrained(self, path):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        fffconvert.save_pretrained(model, tmp_path / "out", Broken())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_refuses_existing_folder_without_overwrite(tmp_path, tokenizer, texts):
+    model = convert_tiny("bert", "Model", tokenizer, texts)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConversionError, match="exists"):
+        fffconvert.save_pretrained(model, tmp_path / "out")
+    fffconvert.save_pretrained(model, tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "model.safetensors").exists()

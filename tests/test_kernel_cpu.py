@@ -1,0 +1,93 @@
+"""The Cython CPU kernel against the PyTorch reference forward."""
+import warnings
+
+import pytest
+import torch
+
+from fffconvert import kernels
+from fffconvert.layer import ACTIVATIONS
+from fffconvert.surgery import empty_fff_model, fff_layers
+from conftest import tiny_model
+from test_layer import random_layer
+
+pytestmark = pytest.mark.skipif(isinstance(kernels._cpu, ImportError), reason="CPU kernel not built (pip install -e .)")
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("H,D,L", [(768, 11, 2), (384, 10, 2), (96, 3, 5), (37, 4, 1), (8, 1, 3), (130, 7, 12)])
+@pytest.mark.parametrize("n", [0, 1, 7, 129])
+def test_kernel_matches_reference(act, H, D, L, n):
+    layer = random_layer(H, D, L, act, seed=H + D + n).eval()
+    x = torch.randn(n, H)
+    with torch.no_grad():
+        assert kernels.kernel_for(x) is kernels._cpu
+        torch.testing.assert_close(layer(x), layer.hard_forward(x), rtol=1e-5, atol=1e-4)
+
+
+def test_kernel_takes_3d_and_non_contiguous_inputs():
+    layer = random_layer(64, 6, 2).eval()
+    x = torch.randn(3, 11, 128)[..., ::2]  # strided last dim
+    assert not x.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.hard_forward(x), rtol=1e-5, atol=1e-4)
+        xt = torch.randn(11, 3, 64).transpose(0, 1)
+        torch.testing.assert_close(layer(xt), layer.hard_forward(xt), rtol=1e-5, atol=1e-4)
+
+
+def test_many_threads_and_many_tokens_agree(monkeypatch):
+    layer = random_layer(48, 8, 2).eval()
+    x = torch.randn(5003, 48)
+    with torch.no_grad():
+        ref = layer.hard_forward(x)
+        for threads in (1, 2, 3):
+            monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+            torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "electra", "distilbert"])
+def test_whole_models_give_the_same_logits(model_type, monkeypatch):
+    model = tiny_model(model_type, "ForSequenceClassification")
+    empty_fff_model(model, depth=4, leaf_width=3)
+    for layer in fff_layers(model):
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.normal_(0, 0.3)
+    model.eval()
+    ids = torch.randint(1000, 2000, (3, 9))
+    with torch.no_grad():
+        fast = model(input_ids=ids).logits
+        monkeypatch.setenv("FFFCONVERT_KERNELS", "torch")
+        ref = model(input_ids=ids).logits
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_training_and_gradients_stay_in_pytorch():
+    layer = random_layer(32, 3, 2)
+    x = torch.randn(5, 32, requires_grad=True)
+    layer.eval()
+    layer(x).sum().backward()  # an input that needs gradients takes the reference
+    assert x.grad is not None and layer.w1.grad is not None
+    layer.train()
+    layer(torch.randn(5, 32)).sum().backward()
+    assert layer.w2.grad.abs().sum() > 0
+
+
+def test_other_dtypes_use_the_reference():
+    layer = random_layer(32, 3, 2).double().eval()
+    x = torch.randn(4, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.hard_forward(x))
+
+
+def test_missing_extension_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(kernels, "_cpu", ImportError("not built"))
+    monkeypatch.setattr(kernels, "_warned", set())
+    layer = random_layer(16, 3, 2).eval()
+    x = torch.randn(4, 16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            y1, y2 = layer(x), layer(x)
+    assert len([w for w in caught if "CPU kernel not built" in str(w.message)]) == 1
+    torch.testing.assert_close(y1, layer.hard_forward(x))
+    torch.testing.assert_close(y2, y1)
