@@ -3,6 +3,9 @@
 #ifndef FFF_SIMD_H
 #define FFF_SIMD_H
 #include <math.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 enum { ACT_GELU = 0, ACT_GELU_TANH = 1, ACT_RELU = 2, ACT_SILU = 3 };
 
@@ -44,6 +47,49 @@ static inline float fff_act(float x, int kind) {
     case ACT_GELU_TANH: return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
     case ACT_RELU: return x > 0.f ? x : 0.f;
     default: return x / (1.f + expf(-x));
+    }
+}
+
+/* y = a + h * x, written with streaming stores: the output row is not read first (no
+ * read-for-ownership) and does not evict the weights from the cache. */
+static inline void fff_axpy_stream(float h, const float *restrict x, const float *restrict a,
+                                   float *restrict y, long n) {
+    long i = 0;
+#ifdef __AVX__
+    if (((unsigned long)y & 31) == 0) {
+        for (; i + 8 <= n; i += 8) {
+            fff_v8 v = *(const fff_v8 *)(a + i) + h * *(const fff_v8 *)(x + i);
+            _mm256_stream_ps(y + i, (__m256)v);
+        }
+    }
+#endif
+    for (; i < n; i++) y[i] = a[i] + h * x[i];
+}
+
+/* Streaming stores are weakly ordered: fence them before the results are handed on. */
+static inline void fff_store_fence(void) {
+#ifdef __AVX__
+    _mm_sfence();
+#endif
+}
+
+/* Forward of one token: descend the tree, then run the reached leaf. `acc` is an H-float
+ * scratch row of the calling thread (stays in L1). */
+static inline void fff_forward_token(const float *xt, float *yt, float *acc, long H, int D, int L,
+                                     const float *node_w, const float *node_b, const float *w1,
+                                     const float *b1, const float *w2, const float *leaf_b,
+                                     const float *out_b, int act) {
+    long node = 0;
+    for (int d = 0; d < D; d++)
+        node = 2 * node + (fff_dot(xt, node_w + node * H, H) + node_b[node] > 0.f ? 2 : 1);
+    long k = node - ((1L << D) - 1);
+    fff_add(leaf_b + k * H, out_b, acc, H);
+    for (int j = 0; j < L; j++) {
+        float h = fff_act(fff_dot(xt, w1 + (k * L + j) * H, H) + b1[k * L + j], act);
+        if (j + 1 < L)
+            fff_axpy(h, w2 + (k * L + j) * H, acc, H);
+        else
+            fff_axpy_stream(h, w2 + (k * L + j) * H, acc, yt, H);
     }
 }
 #endif

@@ -121,5 +121,47 @@ def _convert_and_save(model, tokenizer, config, texts, output, overwrite, device
     click.echo(f"Saved to {output}")
 
 
+def _int_list(ctx, param, value):
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}")
+
+
+@main.command()
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--hidden", type=int, default=768, show_default=True, help="H, the model width.")
+@click.option("--ffn", type=int, default=3072, show_default=True, help="F, the dense FFN width.")
+@click.option("--depth", type=int, default=11, show_default=True)
+@click.option("--leaf-width", type=int, default=2, show_default=True)
+@click.option("--tokens", default="1,128,2048,16384", show_default=True, callback=_int_list,
+              help="Token counts for the layer benchmark.")
+@click.option("--repeats", type=int, default=10, show_default=True, help="Timed rounds (median, min, max).")
+@click.option("--warmup", type=int, default=2, show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads (default: torch's).")
+@click.option("--model/--no-model", default=True, show_default=True, help="Also time a whole BERT-shaped model.")
+@click.option("--batch", type=int, default=8, show_default=True)
+@click.option("--seq-len", type=int, default=128, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results here.")
+@run_user_errors
+def bench(json_path, **kw):
+    """Time FFF against torch's dense FFN (layer and whole model), side by side in one process."""
+    import torch
+
+    from . import bench as b
+    from .surgery import ConversionError
+
+    if kw["device"] == "cuda" and not torch.cuda.is_available():
+        raise ConversionError("--device cuda, but torch sees no CUDA GPU")
+    if kw["depth"] < 1 or kw["leaf_width"] < 1 or min(kw["tokens"]) < 0 or kw["repeats"] < 1:
+        raise ConversionError("--depth, --leaf-width and --repeats must be >= 1 and --tokens >= 0")
+    result = b.run(b.BenchConfig(**kw))
+    click.echo(b.format_report(result))
+    if json_path:
+        b.save(result, json_path)
+        click.echo(f"\nWrote {json_path}")
+
+
 if __name__ == "__main__":
     main()

@@ -46,31 +46,54 @@ def _cuda_ext():
 
 def kernel_for(x: torch.Tensor):
     """The compiled module that will run a hard forward on x, or None for the reference."""
-    if os.environ.get("FFFCONVERT_KERNELS", "auto") == "torch":
+    if os.environ.get("FFFCONVERT_KERNELS") == "torch":
         return None
-    if x.is_cuda:
+    device = x.device.type
+    if device == "cpu":
+        if isinstance(_cpu, ImportError):
+            _warn_once("cpu", f"fffconvert CPU kernel not built ({_cpu}); using the PyTorch reference")
+            return None
+        return _cpu if x.dtype in CPU_DTYPES else None
+    if device == "cuda":
         ext = _cuda_ext()
         if isinstance(ext, ImportError):
             _warn_once("cuda", f"fffconvert CUDA kernel not available ({ext}); using the PyTorch reference")
             return None
         return ext if x.dtype in CUDA_DTYPES else None
-    if x.device.type == "cpu":
-        if isinstance(_cpu, ImportError):
-            _warn_once("cpu", f"fffconvert CPU kernel not built ({_cpu}); using the PyTorch reference")
-            return None
-        return _cpu if x.dtype in CPU_DTYPES else None
     return None
 
 
 def hard_forward(layer, x: torch.Tensor) -> torch.Tensor:
     """Inference forward of `layer` on x [..., H]. Kernels produce no autograd graph, so an input
-    that needs gradients takes the reference."""
-    ext = kernel_for(x)
-    if ext is None or (torch.is_grad_enabled() and x.requires_grad) or x.dtype != layer.w1.dtype:
+    that needs gradients takes the reference. (This runs once per layer per forward: kept lean.)"""
+    if torch.is_grad_enabled() and x.requires_grad:
         return layer.hard_forward(x)
-    shape = x.shape
-    x2 = x.reshape(-1, layer.hidden_size).contiguous()
-    y = ext.fff_forward(x2, layer.node_weight.detach(), layer.node_bias.detach(), layer.w1.detach(),
-                        layer.b1.detach(), layer.w2.detach(), layer.leaf_bias.detach(),
-                        layer.out_bias.detach(), layer.activation)
-    return y.reshape(shape)
+    ext = kernel_for(x)
+    p = layer._parameters  # direct dict access: nn.Module.__getattr__ costs a microsecond a name
+    if ext is None or x.dtype != p["w1"].dtype:
+        return layer.hard_forward(x)
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    out = _output_for(layer, x2)
+    ext.fff_forward(x2, p["node_weight"], p["node_bias"], p["w1"], p["b1"], p["w2"], p["leaf_bias"],
+                    p["out_bias"], layer.activation, out=out)
+    return out.view(x.shape)
+
+
+_use_count = getattr(torch._C, "_storage_Use_Count", None)
+REUSE_BYTES = 4 << 20  # below this, malloc serves from its heap and a new tensor is cheap
+
+
+def _output_for(layer, x2):
+    """An output tensor for the kernel: for large CPU outputs, the memory of the layer's previous
+    output when nothing else holds it any more.
+
+    A fresh CPU output of tens of MB costs more in page faults than the kernel itself takes
+    (glibc maps large blocks anew on every allocation). The view is made before the kernel runs,
+    so a second thread calling the same layer sees the buffer in use and allocates its own.
+    """
+    if x2.device.type != "cpu" or _use_count is None or x2.numel() * x2.element_size() < REUSE_BYTES:
+        return torch.empty_like(x2)
+    buf = layer.__dict__.get("_out_buf")
+    if buf is None or buf.shape != x2.shape or buf.dtype != x2.dtype or _use_count(buf.untyped_storage()._cdata) != 2:
+        buf = layer.__dict__["_out_buf"] = torch.empty_like(x2)  # 2 above: buf + the storage object of the check
+    return buf.view(buf.shape)

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import kernels
+
 # Activations the layer (and every kernel) implements, by fffconvert's own names.
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -84,8 +86,7 @@ class FFF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self.soft_forward(x) if self.soft else self.hard_forward(x)
-        from .kernels import hard_forward  # late import: kernels imports this module
-        return hard_forward(self, x)
+        return kernels.hard_forward(self, x)
 
     # ---- routing -------------------------------------------------------------------------
     def route(self, x: torch.Tensor) -> torch.Tensor:

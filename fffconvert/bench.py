@@ -1,0 +1,183 @@
+"""Side-by-side timings of FFF against torch's own dense FFN, in one process.
+
+(a) one FFN layer: torch dense (nn.Linear, activation, nn.Linear) vs the FFF kernel vs the FFF
+    PyTorch reference, same dtype, for several token counts;
+(b) a whole model: a BERT-shaped transformers model (random weights) vs the same model with every
+    FFN converted.
+Implementations are timed in interleaved rounds of warm blocks (A, B, C, A, B, C, ...), so that a
+noisy machine slows them alike; each figure is the median over rounds, with min and max. CPU times use the
+wall clock; CUDA times use CUDA events.
+"""
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .layer import FFF
+from .surgery import empty_fff_model, fff_layers
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class BenchConfig:
+    device: str = "cpu"
+    dtype: str = "float32"
+    hidden: int = 768
+    ffn: int = 3072
+    depth: int = 11
+    leaf_width: int = 2
+    tokens: list = field(default_factory=lambda: [1, 128, 2048, 16384])
+    repeats: int = 10
+    warmup: int = 2
+    threads: int | None = None  # CPU threads (default: torch's)
+    model: bool = True  # also time a whole BERT-shaped model
+    batch: int = 8
+    seq_len: int = 128
+    layers: int = 12
+    seed: int = 0
+
+
+def _time_block(fn, calls: int, cuda: bool) -> float:
+    """Seconds per call over `calls` back-to-back calls."""
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / calls
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t) / calls
+
+
+def _time_calls(fns: dict, cfg: BenchConfig, block_s: float = 0.05) -> dict:
+    """{name: (median, min, max) seconds per call}. Each round times one block of back-to-back calls
+    of every implementation in turn (A, B, C, A, B, C, ...): a slow spell of a noisy machine hits
+    all of them, and each block runs warm, as a layer does inside a model."""
+    cuda = cfg.device == "cuda"
+    calls = {}
+    for name, fn in fns.items():
+        for _ in range(cfg.warmup):
+            fn()
+        once = _time_block(fn, 1, cuda)
+        calls[name] = max(1, min(1000, int(block_s / max(once, 1e-7))))
+    samples = {k: [] for k in fns}
+    for _ in range(cfg.repeats):
+        for name, fn in fns.items():
+            samples[name].append(_time_block(fn, calls[name], cuda))
+    return {k: (statistics.median(v), min(v), max(v)) for k, v in samples.items()}
+
+
+def _routed_layer(cfg: BenchConfig, dtype) -> FFF:
+    """An FFF with random weights whose routing spreads tokens over all leaves, as a trained one does."""
+    layer = FFF(cfg.hidden, cfg.depth, cfg.leaf_width, "gelu")
+    with torch.no_grad():
+        layer.node_weight.normal_()
+        layer.node_bias.zero_()
+        layer.leaf_bias.normal_(0, 0.02)
+    return layer.to(cfg.device, dtype).eval()
+
+
+def bench_layer(cfg: BenchConfig) -> list[dict]:
+    dtype = DTYPES[cfg.dtype]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    dense = nn.Sequential(nn.Linear(cfg.hidden, cfg.ffn), nn.GELU(), nn.Linear(cfg.ffn, cfg.hidden))
+    dense = dense.to(cfg.device, dtype).eval()
+    layer = _routed_layer(cfg, dtype)
+    rows = []
+    for n in cfg.tokens:
+        x = torch.randn(n, cfg.hidden, generator=gen).to(cfg.device, dtype)
+        with torch.inference_mode():
+            fns = {"dense": lambda: dense(x), "fff_kernel": lambda: layer(x), "fff_reference": lambda: layer.hard_forward(x)}
+            t = _time_calls(fns, cfg)
+        rows.append({"tokens": n, **{f"{k}_ms": [round(v * 1e3, 4) for v in t[k]] for k in t},
+                     "speedup_kernel": t["dense"][0] / t["fff_kernel"][0],
+                     "speedup_reference": t["dense"][0] / t["fff_reference"][0]})
+    return rows
+
+
+def bench_model(cfg: BenchConfig) -> dict:
+    import transformers
+
+    dtype = DTYPES[cfg.dtype]
+    config = transformers.BertConfig(hidden_size=cfg.hidden, intermediate_size=cfg.ffn, num_hidden_layers=cfg.layers,
+                                     num_attention_heads=max(1, cfg.hidden // 64))
+    torch.manual_seed(cfg.seed)
+    dense = transformers.BertModel(config).to(cfg.device, dtype).eval()
+    fff = transformers.BertModel(config)
+    empty_fff_model(fff, cfg.depth, cfg.leaf_width)
+    for layer in fff_layers(fff):
+        layer.load_state_dict(_routed_layer(cfg, torch.float32).state_dict())
+    fff = fff.to(cfg.device, dtype).eval()
+    ids = torch.randint(1000, config.vocab_size, (cfg.batch, cfg.seq_len), device=cfg.device)
+    with torch.inference_mode():
+        t = _time_calls({"dense": lambda: dense(input_ids=ids), "fff": lambda: fff(input_ids=ids)}, cfg)
+    return {"batch": cfg.batch, "seq_len": cfg.seq_len, "layers": cfg.layers,
+            **{f"{k}_ms": [round(v * 1e3, 3) for v in t[k]] for k in t}, "speedup": t["dense"][0] / t["fff"][0]}
+
+
+def environment(cfg: BenchConfig) -> dict:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+           "cpu": _cpu_name()}
+    if cfg.device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+    from . import kernels
+
+    env["kernel"] = "compiled" if kernels.kernel_for(torch.empty(1, device=cfg.device, dtype=DTYPES[cfg.dtype])) else "reference"
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def run(cfg: BenchConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    macs_dense = 2 * cfg.hidden * cfg.ffn
+    macs_fff = (cfg.depth + 2 * cfg.leaf_width) * cfg.hidden
+    result = {"config": asdict(cfg), "environment": environment(cfg),
+              "flop_ratio": macs_dense / macs_fff, "layer": bench_layer(cfg)}
+    if cfg.model:
+        result["model"] = bench_model(cfg)
+    return result
+
+
+def format_report(result: dict) -> str:
+    cfg, env = result["config"], result["environment"]
+    where = env.get("gpu") or f"{env['cpu']}, {env['threads']} threads"
+    lines = [f"fffconvert bench: {cfg['device']} ({where}), {cfg['dtype']}, torch {env['torch']}, FFF {env['kernel']} kernel",
+             f"FFN layer H={cfg['hidden']} F={cfg['ffn']} vs FFF depth {cfg['depth']} leaf width {cfg['leaf_width']}: "
+             f"FLOP ratio {result['flop_ratio']:.0f}x (the limit)",
+             "ms per call: median [min-max] over interleaved rounds", "",
+             "| tokens | torch dense | FFF kernel | FFF reference | kernel speedup | reference speedup |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    fmt = lambda v: f"{v[0]:.3f} [{v[1]:.3f}-{v[2]:.3f}]"  # noqa: E731
+    for r in result["layer"]:
+        lines.append(f"| {r['tokens']} | {fmt(r['dense_ms'])} | {fmt(r['fff_kernel_ms'])} | {fmt(r['fff_reference_ms'])} "
+                     f"| {r['speedup_kernel']:.1f}x | {r['speedup_reference']:.1f}x |")
+    if "model" in result:
+        m = result["model"]
+        lines += ["", f"Whole BERT-shaped model ({m['layers']} layers, random weights), batch {m['batch']} x {m['seq_len']} tokens:",
+                  f"dense {fmt(m['dense_ms'])} ms, FFF {fmt(m['fff_ms'])} ms: {m['speedup']:.2f}x"]
+    return "\n".join(lines)
+
+
+def save(result: dict, path):
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+
