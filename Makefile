@@ -30,4 +30,4 @@ bench: $(STAMP)
 	$(BIN)/fffconvert bench
 
 clean:
-	rm -rf build out *.egg-info fffconvert/*.so cext/*.c
+	rm -rf build out *.egg-info fffconvert/*.so cext/_cpu.c cext/_cpu.cpp

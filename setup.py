@@ -10,8 +10,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
 
 march = os.environ.get("FFFCONVERT_MARCH", "native")
-cpu = Extension(
-    "fffconvert._cpu", ["cext/_cpu.pyx"], include_dirs=["cext"],
+cpu = Extension(  # C++ so that torch's BuildExtension (used when CUDA is built too) links it alike
+    "fffconvert._cpu", ["cext/_cpu.pyx"], include_dirs=["cext"], language="c++",
     extra_compile_args=["-O3", f"-march={march}", "-fopenmp", "-fno-math-errno"],
     extra_link_args=["-fopenmp"],
 )

@@ -14,7 +14,7 @@ typedef float fff_v8 __attribute__((vector_size(32), aligned(4), may_alias));
 
 /* Dot product with four independent vector accumulators: a single accumulator would wait on
  * the add latency every 8 floats, which measured 3x slower on the dense-shaped rows we read. */
-static inline float fff_dot(const float *restrict a, const float *restrict b, long n) {
+static inline float fff_dot(const float *__restrict a, const float *__restrict b, long n) {
     fff_v8 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
     long i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -30,13 +30,13 @@ static inline float fff_dot(const float *restrict a, const float *restrict b, lo
 }
 
 /* y = a + b */
-static inline void fff_add(const float *restrict a, const float *restrict b, float *restrict y, long n) {
+static inline void fff_add(const float *__restrict a, const float *__restrict b, float *__restrict y, long n) {
 #pragma omp simd
     for (long i = 0; i < n; i++) y[i] = a[i] + b[i];
 }
 
 /* y += a * x */
-static inline void fff_axpy(float a, const float *restrict x, float *restrict y, long n) {
+static inline void fff_axpy(float a, const float *__restrict x, float *__restrict y, long n) {
 #pragma omp simd
     for (long i = 0; i < n; i++) y[i] += a * x[i];
 }
@@ -52,8 +52,8 @@ static inline float fff_act(float x, int kind) {
 
 /* y = a + h * x, written with streaming stores: the output row is not read first (no
  * read-for-ownership) and does not evict the weights from the cache. */
-static inline void fff_axpy_stream(float h, const float *restrict x, const float *restrict a,
-                                   float *restrict y, long n) {
+static inline void fff_axpy_stream(float h, const float *__restrict x, const float *__restrict a,
+                                   float *__restrict y, long n) {
     long i = 0;
 #ifdef __AVX__
     if (((unsigned long)y & 31) == 0) {

@@ -44,7 +44,7 @@ def distill_layer(layer: FFF, X, Y, cfg: DistillConfig, seed: int, bar=None):
         x, y = X[idx], Y[idx]
         if step < soft_steps:
             layer.soft, (layer.temperature, h) = True, _schedule(cfg, step, soft_steps)
-            loss = (layer(x) - y).pow(2).mean(0).sum() / var + h * layer.hardening_loss(x)
+            loss = (layer(x) - y).pow(2).mean(0).sum() / var + h * layer.last_hardening
         else:
             layer.soft = False
             loss = (layer(x) - y).pow(2).mean(0).sum() / var

@@ -67,6 +67,7 @@ class FFF(nn.Module):
         self.out_bias = nn.Parameter(torch.zeros(H))
         self.soft = False
         self.temperature = 1.0
+        self.last_hardening = None  # hardening loss of the last soft forward
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -98,13 +99,18 @@ class FFF(nn.Module):
         return node - (self.n_leaves - 1)
 
     def leaf_probs(self, x: torch.Tensor, temperature: float):
-        """Soft routing for x [N, H]: (mixture weight of each leaf [N, 2^D], node probs [N, 2^D - 1])."""
+        """Soft routing for x [N, H]: the mixture weight of each leaf [N, 2^D], and the hardening
+        loss of these tokens (see `hardening_loss`)."""
         p = torch.sigmoid((x @ self.node_weight.t() + self.node_bias) / temperature)  # (N, nodes)
-        weight = x.new_ones(x.shape[0], 1)
+        weight = x.new_ones(x.shape[0], 1)  # probability of reaching each node of the level
+        entropy = x.new_zeros(())
         for d in range(self.depth):  # level d holds nodes 2^d - 1 .. 2^(d+1) - 2, left to right
             p_d = p[:, 2**d - 1: 2 ** (d + 1) - 1]
+            q = p_d.clamp(1e-6, 1 - 1e-6)
+            h = -(q * q.log() + (1 - q) * (1 - q).log())
+            entropy = entropy + (weight.detach() * h).sum(1).mean()
             weight = torch.stack((weight * (1 - p_d), weight * p_d), dim=-1).flatten(1)
-        return weight, p
+        return weight, entropy / self.depth
 
     # ---- forwards ------------------------------------------------------------------------
     def _flat(self, x):
@@ -121,9 +127,10 @@ class FFF(nn.Module):
         return y.reshape(shape)
 
     def soft_forward(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
-        """Training forward: every leaf, weighted by its soft routing probability. Dense matmuls."""
+        """Training forward: every leaf, weighted by its soft routing probability. Dense matmuls.
+        Leaves the batch's hardening loss in `self.last_hardening` for the distillation loss."""
         shape, x = x.shape, self._flat(x)
-        weight, _ = self.leaf_probs(x, temperature or self.temperature)  # (N, K)
+        weight, self.last_hardening = self.leaf_probs(x, temperature or self.temperature)  # (N, K)
         act = ACTIVATIONS[self.activation]
         K, L, H = self.n_leaves, self.leaf_width, self.hidden_size
         h = act(x @ self.w1.reshape(K * L, H).t() + self.b1.reshape(K * L))  # (N, K*L)
@@ -138,21 +145,10 @@ class FFF(nn.Module):
         that nodes a token never visits neither count nor pull on it; divided by D it is the mean
         over the D decisions of a path. 0 when every decision is hard, log(2) when all are coin flips.
         """
-        x = self._flat(x)
-        _, p = self.leaf_probs(x, temperature or self.temperature)
-        p = p.clamp(1e-6, 1 - 1e-6)
-        entropy = -(p * p.log() + (1 - p) * (1 - p).log())  # (N, nodes)
-        reach = torch.ones_like(p[:, :1])
-        reached = []
-        for d in range(self.depth):
-            reached.append(reach)
-            p_d = p[:, 2**d - 1: 2 ** (d + 1) - 1].detach()
-            reach = torch.stack((reach * (1 - p_d), reach * p_d), dim=-1).flatten(1)
-        reach = torch.cat(reached, dim=1).detach()
-        return (reach * entropy).sum(1).mean() / self.depth
+        return self.leaf_probs(self._flat(x), temperature or self.temperature)[1]
 
     def agreement(self, x: torch.Tensor, temperature: float | None = None) -> float:
         """Fraction of tokens whose hard leaf is also the leaf of largest soft weight."""
         x = self._flat(x)
-        weight, _ = self.leaf_probs(x, temperature or self.temperature)
+        weight = self.leaf_probs(x, temperature or self.temperature)[0]
         return (weight.argmax(1) == self.route(x)).float().mean().item()
