@@ -13,6 +13,10 @@
 #include <cuda_fp16.h>
 #include <torch/extension.h>
 
+#include <map>
+#include <mutex>
+#include <tuple>
+
 namespace {
 
 constexpr int WARPS = 16;                 // warps per block
@@ -153,6 +157,23 @@ fff_forward_kernel(const T* __restrict__ x, T* __restrict__ out, int64_t n, int 
   }
 }
 
+// Blocks of `kernel` that fit on one SM with `smem` bytes of dynamic shared memory. The CUDA
+// queries cost tens of microseconds, more than the kernel at small batches: asked once per
+// (kernel, device, size) and remembered.
+template <typename K>
+int resident_blocks(K kernel, int device, size_t smem) {
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, size_t>, int> cache;
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), device, smem);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(TOP_BYTES + 64 * 1024)));
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, WARPS * 32, smem));
+  return cache[key] = std::max(per_sm, 1);
+}
+
 template <typename T, int VEC, int CPL>
 void launch(const torch::Tensor& x, torch::Tensor& out, const torch::Tensor& nw, const torch::Tensor& nb,
             const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2, const torch::Tensor& lb,
@@ -161,13 +182,10 @@ void launch(const torch::Tensor& x, torch::Tensor& out, const torch::Tensor& nw,
   const int H = x.size(1);
   const auto* props = at::cuda::getCurrentDeviceProperties();
   auto kernel = fff_forward_kernel<T, VEC, CPL>;
-  // As many persistent blocks as can be resident (registers and shared memory permitting).
   int S = 0;
   while (S < D && ((int64_t(2) << S) - 1) * H * (int64_t)sizeof(T) <= TOP_BYTES) S++;
   auto smem_for = [&](int s) { return (((size_t)(1 << s) - 1) * H * sizeof(T) + 15) / 16 * 16 + (size_t)WARPS * L * sizeof(float); };
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_for(S)));
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, WARPS * 32, smem_for(S)));
+  const int per_sm = resident_blocks(kernel, x.get_device(), smem_for(S));
   const int64_t blocks = std::min<int64_t>((n + WARPS - 1) / WARPS, (int64_t)props->multiProcessorCount * std::max(per_sm, 1));
   // Keep no more levels in shared memory than the block's tokens repay (copying a level costs
   // about what a token pays to read it from L2).

@@ -28,8 +28,11 @@ def read_texts(path) -> list[str]:
 
 
 def tokenize(tokenizer, texts, max_length: int = 128):
-    """Token ids per text (truncated), without padding."""
-    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    """Token ids per text (truncated), without padding. A text may be a pair (a, b) of strings."""
+    if texts and isinstance(texts[0], (tuple, list)):
+        a, b = zip(*texts)
+        return tokenizer(list(a), list(b), truncation=True, max_length=max_length)["input_ids"]
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
 def count_tokens(ids) -> int:

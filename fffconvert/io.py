@@ -9,6 +9,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import torch
 import transformers
 from safetensors.torch import load_file
 
@@ -191,7 +192,8 @@ def load_dense(name_or_path: str, allow_pickle=False):
     cls = getattr(transformers, arch or "", None) or transformers.AutoModel
     source = str(path) if local else name_or_path
     try:
-        model = cls.from_pretrained(source, use_safetensors=None if allow_pickle else True, local_files_only=offline)
+        model = cls.from_pretrained(source, use_safetensors=None if allow_pickle else True, local_files_only=offline,
+                                    dtype=torch.float32)  # conversion fits in fp32; cast the result as you like
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=offline)
     except (OSError, ValueError) as e:
         raise ConversionError(f"cannot load {name_or_path!r}{where}: {str(e).splitlines()[0]}")

@@ -121,6 +121,8 @@ class FFF(nn.Module):
         the leaves (the routing decisions themselves have no gradient)."""
         shape, x = x.shape, self._flat(x)
         leaf = self.route(x)
+        if self.n_leaves <= 32:  # few, wide leaves: a one-hot mixture is cheaper than gathering N x L x H
+            return self._mixture(x, F.one_hot(leaf, self.n_leaves).to(x.dtype)).reshape(shape)
         act = ACTIVATIONS[self.activation]
         h = act(torch.einsum("nh,nlh->nl", x, self.w1[leaf]) + self.b1[leaf])  # (N, L)
         y = torch.einsum("nl,nlh->nh", h, self.w2[leaf]) + self.leaf_bias[leaf] + self.out_bias
@@ -131,12 +133,15 @@ class FFF(nn.Module):
         Leaves the batch's hardening loss in `self.last_hardening` for the distillation loss."""
         shape, x = x.shape, self._flat(x)
         weight, self.last_hardening = self.leaf_probs(x, temperature or self.temperature)  # (N, K)
+        return self._mixture(x, weight).reshape(shape)
+
+    def _mixture(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Output of every leaf on x [N, H], mixed with weights [N, K]."""
         act = ACTIVATIONS[self.activation]
         K, L, H = self.n_leaves, self.leaf_width, self.hidden_size
         h = act(x @ self.w1.reshape(K * L, H).t() + self.b1.reshape(K * L))  # (N, K*L)
         h = (h.reshape(-1, K, L) * weight.unsqueeze(-1)).reshape(-1, K * L)
-        y = h @ self.w2.reshape(K * L, H) + weight @ self.leaf_bias + self.out_bias
-        return y.reshape(shape)
+        return h @ self.w2.reshape(K * L, H) + weight @ self.leaf_bias + self.out_bias
 
     def hardening_loss(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Mean Bernoulli entropy of the decisions a token faces on its way down the soft tree.

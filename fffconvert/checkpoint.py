@@ -1,0 +1,54 @@
+"""Training checkpoints in safetensors (never pickle): model, optimizer and scheduler state.
+
+    model.safetensors      the model's weights
+    optimizer.safetensors  every tensor of the optimizer state, keyed "<param index>.<name>"
+    state.json             step, losses, the optimizer's param groups and the scheduler's state
+
+Written to a temporary folder and renamed, so a run killed while saving keeps the previous one.
+"""
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from .io import atomic_folder
+
+
+def save_checkpoint(path, model, opt, sched, step: int, losses: list[float]):
+    opt_state = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in opt_state["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    with atomic_folder(path, overwrite=True) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({
+            "step": step, "losses": losses, "param_groups": opt_state["param_groups"],
+            "optimizer_scalars": scalars, "scheduler": sched.state_dict(),
+        }))
+
+
+def load_checkpoint(path, model, opt, sched) -> tuple[int, list[float]]:
+    """Restore model, optimizer and scheduler in place; returns (step, losses)."""
+    path = Path(path)
+    device = next(model.parameters()).device
+    load_model(model, str(path / "model.safetensors"), device=str(device))
+    meta = json.loads((path / "state.json").read_text())
+    state: dict = {}
+    for key, value in load_file(str(path / "optimizer.safetensors"), device=str(device)).items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["optimizer_scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, s in state.items():  # AdamW keeps its step count as a CPU tensor
+        if "step" in s and torch.is_tensor(s["step"]):
+            s["step"] = s["step"].cpu()
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched.load_state_dict(meta["scheduler"])
+    return meta["step"], meta["losses"]

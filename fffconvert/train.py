@@ -1,0 +1,122 @@
+"""A small training loop shared by dense finetuning and end-to-end distillation.
+
+- Resumable with nothing lost: the batch of every step and the dropout masks are functions of
+  (seed, step), so a run resumed from a checkpoint takes exactly the steps it would have taken.
+- Multi-GPU through torch.distributed (launch with torchrun): DistributedDataParallel, each rank
+  takes its share of every global batch, so the result does not depend on the number of GPUs.
+- Checkpoints (safetensors only) every `checkpoint_every` steps, written by rank 0.
+"""
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    batch_size: int = 32  # global batch, over all ranks
+    lr: float = 5e-5
+    fff_lr: float | None = None  # learning rate of FFF layers (default: lr)
+    weight_decay: float = 0.01
+    warmup: float = 0.06  # share of steps with a linear warm-up
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 500
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str) -> str:
+    """Join the process group when started by torchrun; returns this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if device == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if device == "cuda":
+        return f"cuda:{torch.cuda.current_device()}"
+    return device
+
+
+def batch_indices(n: int, cfg: TrainConfig, step: int) -> list[int]:
+    """Example indices of global batch `step`: epoch-wise seeded permutations of range(n)."""
+    per_epoch = max(1, n // cfg.batch_size)
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+    return perm[i * cfg.batch_size: (i + 1) * cfg.batch_size].tolist()
+
+
+def _optimizer(model, cfg: TrainConfig):
+    from .layer import FFF
+
+    fff_ids = {id(p) for m in model.modules() if isinstance(m, FFF) for p in m.parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in fff_ids and p.requires_grad], "lr": cfg.lr},
+              {"params": [p for p in model.parameters() if id(p) in fff_ids], "lr": cfg.fff_lr or cfg.lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+    warm = max(1, int(cfg.warmup * cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
+    return opt, sched
+
+
+def fit(model, examples, collate, loss_fn, cfg: TrainConfig, device="cpu", checkpoint_dir=None, resume=False,
+        on_step=None, desc="training", stop_after=None):
+    """Train `model` on `examples` for cfg.steps steps of loss_fn(model, batch, step).
+
+    collate(list of examples) -> dict of tensors. on_step(step) runs before each step (schedules).
+    stop_after: leave the loop after this many steps of this call (to test resuming).
+    Returns {"steps", "seconds", "examples_per_s", "losses"}.
+    """
+    rank, world = rank_and_world()
+    trained = model
+    if world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.device(device).index] if "cuda" in str(device) else None,
+            find_unused_parameters=True)  # hard routing leaves the routing nodes without gradients
+    opt, sched = _optimizer(model, cfg)
+    start, losses = 0, []
+    if resume and checkpoint_dir and os.path.exists(os.path.join(checkpoint_dir, "state.json")):
+        start, losses = load_checkpoint(checkpoint_dir, model, opt, sched)
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", disable=rank != 0)
+    t0, done = time.perf_counter(), 0
+    for step in range(start, cfg.steps):
+        if stop_after is not None and done >= stop_after:
+            break
+        torch.manual_seed(cfg.seed * 1_000_003 + step * world + rank)  # dropout masks: f(seed, step, rank)
+        idx = batch_indices(len(examples), cfg, step)[rank::world]
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx]).items()}
+        if on_step is not None:
+            on_step(step)
+        loss = loss_fn(trained, batch, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        done += 1
+        bar.update(1)
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"{desc}: loss became {losses[-1]} at step {step}")
+        if checkpoint_dir and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            if rank == 0:
+                save_checkpoint(checkpoint_dir, model, opt, sched, step + 1, losses)
+            if world > 1:
+                dist.barrier()
+    bar.close()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    return {"steps": done, "seconds": seconds, "examples_per_s": done * cfg.batch_size / max(seconds, 1e-9),
+            "losses": losses}
