@@ -75,8 +75,7 @@ def convert(model, depth, leaf_width, calib_data, calib_tokens, steps, output, o
     from pathlib import Path
 
     from .calibrate import DEFAULT_CORPUS, read_texts
-    from .convert import FFFConfig, check_calibration
-    from .calibrate import tokenize
+    from .convert import FFFConfig
     from .distill import DistillConfig
     from .io import atomic_folder, embedded_model_path, load_dense
     from .surgery import ConversionError
@@ -93,7 +92,6 @@ def convert(model, depth, leaf_width, calib_data, calib_tokens, steps, output, o
         if not torch.cuda.is_available():
             raise ConversionError("--device cuda, but torch sees no CUDA GPU")
     dense, tokenizer = load_dense(source, allow_pickle)
-    check_calibration(config, tokenize(tokenizer, texts, config.max_length))
     _convert_and_save(dense, tokenizer, config, texts, output, overwrite, device)
 
 

@@ -111,9 +111,10 @@ def distillation_loss(student_out, teacher_out, cfg: E2EConfig, regression: bool
     return loss
 
 
-def distill_model(student, teacher, examples, collate, cfg: E2EConfig, train: "TrainConfig", device="cpu",
+def distill_model(student, teacher, examples, collate, cfg: E2EConfig, train, device="cpu",
                   checkpoint_dir=None, resume=False, stop_after=None):
-    """Distill `student` (converted) from `teacher` (dense) on `examples`; ends with hard routing."""
+    """Distill `student` (converted) from `teacher` (dense) on `examples` for `train` (a
+    fffconvert.train.TrainConfig) steps; ends with hard routing."""
     from .train import fit
 
     teacher = teacher.to(device).eval()

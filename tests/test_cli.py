@@ -1,6 +1,5 @@
 """The CLI: a small conversion that works, and every user mistake -> one line, exit 2, nothing written."""
 import pytest
-import torch
 import transformers
 from click.testing import CliRunner
 

@@ -6,8 +6,7 @@ import torch
 
 from fffconvert import kernels
 from fffconvert.layer import ACTIVATIONS
-from fffconvert.surgery import empty_fff_model, fff_layers
-from conftest import tiny_model
+from conftest import tiny_fff_model
 from test_layer import random_layer
 
 pytestmark = pytest.mark.skipif(isinstance(kernels._cpu, ImportError), reason="CPU kernel not built (pip install -e .)")
@@ -46,13 +45,7 @@ def test_many_threads_and_many_tokens_agree(monkeypatch):
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "electra", "distilbert"])
 def test_whole_models_give_the_same_logits(model_type, monkeypatch):
-    model = tiny_model(model_type, "ForSequenceClassification")
-    empty_fff_model(model, depth=4, leaf_width=3)
-    for layer in fff_layers(model):
-        with torch.no_grad():
-            for p in layer.parameters():
-                p.normal_(0, 0.3)
-    model.eval()
+    model = tiny_fff_model(model_type)
     ids = torch.randint(1000, 2000, (3, 9))
     with torch.no_grad():
         fast = model(input_ids=ids).logits

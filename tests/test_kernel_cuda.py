@@ -4,8 +4,7 @@ import torch
 
 from fffconvert import kernels
 from fffconvert.layer import ACTIVATIONS
-from fffconvert.surgery import empty_fff_model, fff_layers
-from conftest import tiny_model
+from conftest import tiny_fff_model
 from test_layer import random_layer
 
 if not torch.cuda.is_available():
@@ -57,13 +56,7 @@ def test_cuda_kernel_3d_non_contiguous_and_offset_inputs():
 
 @pytest.mark.parametrize("model_type", ["bert", "distilbert"])
 def test_cuda_whole_model_same_logits(model_type, monkeypatch):
-    model = tiny_model(model_type, "ForSequenceClassification")
-    empty_fff_model(model, depth=4, leaf_width=3)
-    for layer in fff_layers(model):
-        with torch.no_grad():
-            for p in layer.parameters():
-                p.normal_(0, 0.3)
-    model = model.cuda().eval()
+    model = tiny_fff_model(model_type).cuda()
     ids = torch.randint(1000, 2000, (3, 9), device="cuda")
     with torch.no_grad():
         fast = model(input_ids=ids).logits

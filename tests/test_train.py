@@ -1,0 +1,59 @@
+"""The training loop: a resumed run equals an uninterrupted one; end-to-end distillation ends hard."""
+import json
+
+import torch
+
+from fffconvert.distill import E2EConfig, distill_model, routing_agreement, soft_routing
+from fffconvert.surgery import empty_fff_model, fff_layers
+from fffconvert.train import TrainConfig, fit
+from conftest import tiny_model
+
+EXAMPLES = [(torch.randint(1000, 2000, (9,)), i % 2) for i in range(40)]
+
+
+def collate(rows):
+    return {"input_ids": torch.stack([r[0] for r in rows]), "labels": torch.tensor([r[1] for r in rows])}
+
+
+def ce(model, batch, step):
+    return model(**batch).loss
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(steps=6, batch_size=8, lr=1e-3, checkpoint_every=1)
+    a = tiny_model("bert", "ForSequenceClassification")
+    a.config.hidden_dropout_prob = 0.1
+    fit(a, EXAMPLES, collate, ce, cfg)
+    b = tiny_model("bert", "ForSequenceClassification")
+    stats = fit(b, EXAMPLES, collate, ce, cfg, checkpoint_dir=tmp_path / "ck", stop_after=4)  # "killed" at step 4
+    assert stats["steps"] == 4
+    c = tiny_model("bert", "ForSequenceClassification", seed=123)  # a fresh process: other weights
+    stats = fit(c, EXAMPLES, collate, ce, cfg, checkpoint_dir=tmp_path / "ck", resume=True)
+    assert stats["steps"] == 2 and len(stats["losses"]) == 6
+    sa, sc = a.state_dict(), c.state_dict()
+    assert all(torch.allclose(sa[k], sc[k], atol=1e-6) for k in sa)
+    files = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert files == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    assert json.loads((tmp_path / "ck" / "state.json").read_text())["step"] == 6
+
+
+def test_end_to_end_distillation_ends_with_hard_routing():
+    teacher = tiny_model("bert", "ForSequenceClassification")
+    student = tiny_model("bert", "ForSequenceClassification")
+    empty_fff_model(student, depth=2, leaf_width=8)
+    seen = []
+    for layer in fff_layers(student):
+        layer.register_forward_hook(lambda m, a, o: seen.append(m.soft))
+    stats = distill_model(student, teacher, EXAMPLES, collate, E2EConfig(soft_frac=0.5), TrainConfig(steps=4, batch_size=8))
+    assert all(torch.isfinite(torch.tensor(stats["losses"])))
+    assert seen[:2] == [True, True] and seen[-1] is False  # soft phase, then hard
+    assert all(not layer.soft and layer.last_hardening is None for layer in fff_layers(student))
+    batch = collate(EXAMPLES[:8])
+    with torch.no_grad():
+        hard = student(input_ids=batch["input_ids"]).logits
+        with soft_routing(student):
+            soft = student(input_ids=batch["input_ids"]).logits
+        again = student(input_ids=batch["input_ids"]).logits
+    torch.testing.assert_close(again, hard)  # soft_routing restored the hard forward
+    assert soft.shape == hard.shape
+    assert 0.0 <= routing_agreement(student, [batch]) <= 1.0
