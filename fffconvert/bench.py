@@ -58,7 +58,7 @@ def _time_block(fn, calls: int, cuda: bool) -> float:
     return (time.perf_counter() - t) / calls
 
 
-def _time_calls(fns: dict, cfg: BenchConfig, block_s: float = 0.05) -> dict:
+def time_calls(fns: dict, cfg: BenchConfig, block_s: float = 0.05) -> dict:
     """{name: (median, min, max) seconds per call}. Each round times one block of back-to-back calls
     of every implementation in turn (A, B, C, A, B, C, ...): a slow spell of a noisy machine hits
     all of them, and each block runs warm, as a layer does inside a model."""
@@ -97,7 +97,7 @@ def bench_layer(cfg: BenchConfig) -> list[dict]:
         x = torch.randn(n, cfg.hidden, generator=gen).to(cfg.device, dtype)
         with torch.inference_mode():
             fns = {"dense": lambda: dense(x), "fff_kernel": lambda: layer(x), "fff_reference": lambda: layer.hard_forward(x)}
-            t = _time_calls(fns, cfg)
+            t = time_calls(fns, cfg)
         rows.append({"tokens": n, **{f"{k}_ms": [round(v * 1e3, 4) for v in t[k]] for k in t},
                      "speedup_kernel": t["dense"][0] / t["fff_kernel"][0],
                      "speedup_reference": t["dense"][0] / t["fff_reference"][0]})
@@ -119,7 +119,7 @@ def bench_model(cfg: BenchConfig) -> dict:
     fff = fff.to(cfg.device, dtype).eval()
     ids = torch.randint(1000, config.vocab_size, (cfg.batch, cfg.seq_len), device=cfg.device)
     with torch.inference_mode():
-        t = _time_calls({"dense": lambda: dense(input_ids=ids), "fff": lambda: fff(input_ids=ids)}, cfg)
+        t = time_calls({"dense": lambda: dense(input_ids=ids), "fff": lambda: fff(input_ids=ids)}, cfg)
     return {"batch": cfg.batch, "seq_len": cfg.seq_len, "layers": cfg.layers,
             **{f"{k}_ms": [round(v * 1e3, 3) for v in t[k]] for k in t}, "speedup": t["dense"][0] / t["fff"][0]}
 

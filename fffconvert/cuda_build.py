@@ -13,6 +13,6 @@ def jit_load():
         from torch.utils.cpp_extension import load
 
         return load("fffconvert_cuda_jit", [str(root / s) for s in SOURCES],
-                    extra_cuda_cflags=["-O3", "--use_fast_math"], verbose=False)
+                    extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"], verbose=False)  # flags as in setup.py
     except Exception:  # no nvcc, compiler error, ...: the caller falls back to the reference
         return None

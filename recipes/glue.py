@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from glue_tasks import TASKS, DataError, load_split, score  # noqa: E402
 
 import fffconvert  # noqa: E402
-from fffconvert.bench import BenchConfig, _time_calls, bench_layer  # noqa: E402
+from fffconvert.bench import BenchConfig, time_calls, bench_layer  # noqa: E402
 from fffconvert.convert import FFFConfig  # noqa: E402
 from fffconvert.distill import DistillConfig, E2EConfig, distill_model, routing_agreement, soft_routing  # noqa: E402
 from fffconvert.io import embedded_model_path  # noqa: E402
@@ -90,7 +90,7 @@ def measure_speed(dense, fff, cfg_layer: dict, device, batch, seq_len) -> dict:
     d, f = copy.deepcopy(dense).to(device, dtype).eval(), fff.to(device, dtype).eval()  # fff: its last use
     ids = torch.randint(1000, dense.config.vocab_size, (batch, seq_len), device=device)
     with torch.inference_mode():
-        t = _time_calls({"dense": lambda: d(input_ids=ids), "fff": lambda: f(input_ids=ids)}, bc)
+        t = time_calls({"dense": lambda: d(input_ids=ids), "fff": lambda: f(input_ids=ids)}, bc)
     return {"dtype": bc.dtype, "tokens": batch * seq_len, "ffn_layer_speedup": layer["speedup_kernel"],
             "model_speedup": t["dense"][0] / t["fff"][0], "dense_model_ms": t["dense"][0] * 1e3,
             "fff_model_ms": t["fff"][0] * 1e3}
