@@ -84,3 +84,21 @@ def test_missing_extension_falls_back_with_one_warning(monkeypatch):
     assert len([w for w in caught if "CPU kernel not built" in str(w.message)]) == 1
     torch.testing.assert_close(y1, layer.hard_forward(x))
     torch.testing.assert_close(y2, y1)
+
+
+def test_large_outputs_reuse_memory_only_once_released():
+    layer = random_layer(256, 4, 2).eval()
+    x = torch.randn(8192, 256)  # 8 MB output: above the reuse threshold
+    with torch.no_grad():
+        ref = layer.hard_forward(x)
+        y1 = layer(x)
+        y2 = layer(x)  # y1 still held: must not be overwritten
+        assert y1.data_ptr() != y2.data_ptr()
+        torch.testing.assert_close(y1, ref, rtol=1e-5, atol=1e-4)
+        view = y2[:10]
+        del y2
+        y3 = layer(x * 2)  # a view of y2 is still alive: y2's memory stays untouched
+        torch.testing.assert_close(view, ref[:10], rtol=1e-5, atol=1e-4)
+        del view, y3
+        a = layer(x).data_ptr()
+        assert layer(x).data_ptr() == a  # released outputs are reused
