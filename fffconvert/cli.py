@@ -83,7 +83,8 @@ def convert(model, depth, leaf_width, calib_data, calib_tokens, steps, output, o
     config = FFFConfig(depth=depth, leaf_width=leaf_width, calib_tokens=calib_tokens, seed=seed,
                        distill=DistillConfig(steps=steps))
     source = model or str(embedded_model_path())
-    output = Path(output or f"out/{Path(source.rstrip('/')).name}-fff-d{depth}")
+    name = Path(model.rstrip("/")).name if model else "all-MiniLM-L6-v2"
+    output = Path(output or f"out/{name}-fff-d{depth}")
     atomic_folder(output, overwrite)  # refuses an existing folder before any work
     texts = read_texts(calib_data or DEFAULT_CORPUS)
     if device == "cuda":
