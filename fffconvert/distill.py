@@ -32,9 +32,15 @@ class DistillConfig:
     hardening: float = 0.05  # final weight of the hardening loss
 
 
-def _schedule(cfg: DistillConfig, step: int, soft_steps: int):
+def routing_schedule(cfg, step: int, steps: int) -> tuple[bool, float, float]:
+    """(soft routing?, temperature, hardening loss weight) at `step` of `steps`, for a config with
+    soft_frac, t_start, t_end and hardening (DistillConfig or E2EConfig): soft for the first
+    soft_frac of the steps, temperature lowered geometrically and hardening raised linearly."""
+    soft_steps = int(cfg.soft_frac * steps)
+    if step >= soft_steps:
+        return False, cfg.t_end, 0.0
     frac = step / max(soft_steps - 1, 1)
-    return cfg.t_start * (cfg.t_end / cfg.t_start) ** frac, cfg.hardening * frac
+    return True, cfg.t_start * (cfg.t_end / cfg.t_start) ** frac, cfg.hardening * frac
 
 
 def distill_layer(layer: FFF, X, Y, cfg: DistillConfig, seed: int, bar=None):
@@ -42,17 +48,14 @@ def distill_layer(layer: FFF, X, Y, cfg: DistillConfig, seed: int, bar=None):
     gen = torch.Generator().manual_seed(seed)
     var = (Y - Y.mean(0)).pow(2).mean(0).sum()
     opt = torch.optim.Adam(layer.parameters(), lr=cfg.lr)
-    soft_steps = int(cfg.steps * cfg.soft_frac)
     layer.train()
     for step in range(cfg.steps):
         idx = torch.randint(len(X), (cfg.batch_tokens,), generator=gen).to(X.device)
         x, y = X[idx], Y[idx]
-        if step < soft_steps:
-            layer.soft, (layer.temperature, h) = True, _schedule(cfg, step, soft_steps)
-            loss = (layer(x) - y).pow(2).mean(0).sum() / var + h * layer.last_hardening
-        else:
-            layer.soft = False
-            loss = (layer(x) - y).pow(2).mean(0).sum() / var
+        layer.soft, layer.temperature, h = routing_schedule(cfg, step, cfg.steps)
+        loss = (layer(x) - y).pow(2).mean(0).sum() / var
+        if layer.soft:
+            loss = loss + h * layer.last_hardening
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -84,13 +87,10 @@ class E2EConfig:
 
 def set_phase(model, cfg: E2EConfig, step: int, steps: int) -> float:
     """Routing of every FFF layer for `step`; returns the hardening loss weight."""
-    soft_steps = int(cfg.soft_frac * steps)
-    soft = step < soft_steps
-    frac = step / max(soft_steps - 1, 1)
+    soft, temperature, hardening = routing_schedule(cfg, step, steps)
     for layer in fff_layers(model):
-        layer.soft = soft
-        layer.temperature = cfg.t_start * (cfg.t_end / cfg.t_start) ** min(frac, 1.0) if soft else cfg.t_end
-    return cfg.hardening * frac if soft else 0.0
+        layer.soft, layer.temperature = soft, temperature
+    return hardening
 
 
 def distillation_loss(student_out, teacher_out, cfg: E2EConfig, regression: bool):

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 import torch
@@ -192,7 +193,7 @@ def write_reports(results: dict, out: Path):
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(task, source, depth, data_dir, output, device, **kw):
     """Finetune, convert, distill and evaluate one GLUE task; write results.json and results.md."""
-    args = type("Args", (), kw)
+    args = SimpleNamespace(**kw)
     try:
         depths = [int(d) for d in depth.split(",")]
         run(task, source, depths, data_dir, Path(output), device, args)
