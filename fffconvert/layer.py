@@ -102,14 +102,16 @@ class FFF(nn.Module):
         """Soft routing for x [N, H]: the mixture weight of each leaf [N, 2^D], and the hardening
         loss of these tokens (see `hardening_loss`)."""
         p = torch.sigmoid((x @ self.node_weight.t() + self.node_bias) / temperature)  # (N, nodes)
-        weight = x.new_ones(x.shape[0], 1)  # probability of reaching each node of the level
-        entropy = x.new_zeros(())
-        for d in range(self.depth):  # level d holds nodes 2^d - 1 .. 2^(d+1) - 2, left to right
-            p_d = p[:, 2**d - 1: 2 ** (d + 1) - 1]
-            q = p_d.clamp(1e-6, 1 - 1e-6)
-            h = -(q * q.log() + (1 - q) * (1 - q).log())
-            entropy = entropy + (weight.detach() * h).sum(1).mean()
-            weight = torch.stack((weight * (1 - p_d), weight * p_d), dim=-1).flatten(1)
+        turn = torch.stack((1 - p, p), dim=-1)  # (N, nodes, 2): probability of going left, right
+        # reach[d]: probability of reaching each node of level d (nodes 2^d - 1 .. 2^(d+1) - 2, left
+        # to right). One multiply per level: the training forward is bound by kernel launches.
+        reach = [x.new_ones(x.shape[0], 1)]
+        for d in range(self.depth):
+            reach.append((reach[-1].unsqueeze(-1) * turn[:, 2**d - 1: 2 ** (d + 1) - 1]).flatten(1))
+        weight = reach.pop()
+        q = p.clamp(1e-6, 1 - 1e-6)
+        h = -(q * q.log() + (1 - q) * (1 - q).log())
+        entropy = (torch.cat(reach, 1).detach() * h).sum(1).mean()
         return weight, entropy / self.depth
 
     # ---- forwards ------------------------------------------------------------------------

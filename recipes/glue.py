@@ -22,6 +22,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from augment import augment  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split, score  # noqa: E402
 
 import fffconvert  # noqa: E402
@@ -105,10 +106,12 @@ def convert_and_distill(dense, tokenizer, depth, task, train, dev, collate, args
                        distill=DistillConfig(steps=args.layerwise_steps))
     student = fffconvert.convert(student, config, texts, tokenizer, device=device, progress=rank_and_world()[0] == 0)
     t_convert = time.perf_counter() - t0
-    steps = args.distill_steps or min(max(2 * len(train) // args.batch_size, 2000), 3000)
-    train_cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, fff_lr=args.fff_lr, seed=args.seed,
+    batch = args.distill_batch_size or args.batch_size
+    steps = args.distill_steps or min(max(2 * len(train) // batch, 2000), 3000)
+    train_cfg = TrainConfig(steps=steps, batch_size=batch, lr=args.lr, fff_lr=args.fff_lr, seed=args.seed,
                             checkpoint_every=args.checkpoint_every)
-    stats = distill_model(student, dense, train, collate, E2EConfig(), train_cfg, device=device,
+    transfer = train + augment(train, args.augment, seed=args.seed)
+    stats = distill_model(student, dense, transfer, collate, E2EConfig(), train_cfg, device=device,
                           checkpoint_dir=out / "checkpoints" / f"distill-d{depth}", resume=args.resume)
     t_distill = time.perf_counter() - t0 - t_convert
     hard = evaluate(student, task, dev, collate, device)
@@ -120,7 +123,7 @@ def convert_and_distill(dense, tokenizer, depth, task, train, dev, collate, args
     row = {"depth": depth, "leaf_width": fff["leaf_width"], "rows_per_token": fff["rows_per_token"],
            "rows_total": fff["rows_total"], "fff": hard, "fff_soft": soft,
            "agreement": routing_agreement(student, batches), "distill_examples_per_s": stats["examples_per_s"],
-           "distill_steps": steps, "seconds": {"convert": t_convert, "distill": t_distill},
+           "distill_steps": steps, "distill_batch_size": batch, "distill_examples": len(transfer), "seconds": {"convert": t_convert, "distill": t_distill},
            "layerwise": fff["layers"]}
     if rank_and_world()[0] == 0:
         fffconvert.save_pretrained(student, out / f"fff-d{depth}", tokenizer, overwrite=True,
@@ -182,6 +185,9 @@ def write_reports(results: dict, out: Path):
 @click.option("--fff-lr", type=float, default=5e-4, show_default=True, help="Learning rate of the FFF layers.")
 @click.option("--finetune-steps", type=int, default=None, help="Default: 3 epochs, within 1000 to 3000 steps.")
 @click.option("--distill-steps", type=int, default=None, help="Default: 2 epochs, within 2000 to 3000 steps.")
+@click.option("--distill-batch-size", type=int, default=None, help="Default: --batch-size.")
+@click.option("--augment", type=int, default=0, show_default=True,
+              help="Perturbed copies of each training example added to the distillation data (recipes/augment.py).")
 @click.option("--layerwise-steps", type=int, default=200, show_default=True)
 @click.option("--calib-tokens", type=int, default=65536, show_default=True)
 @click.option("--max-train", type=int, default=None, help="Use only the first N training rows (quick runs).")
@@ -207,6 +213,7 @@ def main(task, source, depth, data_dir, output, device, **kw):
 def run(task, source, depths, data_dir, out: Path, device, args):
     t0 = time.perf_counter()
     device = init_distributed(device)
+    torch.backends.cuda.matmul.allow_tf32 = True  # as HF Trainer's tf32=True: training's matmuls on tensor cores
     rank, world = rank_and_world()
     source = source or str(embedded_model_path())
     train = load_split(task, "train", data_dir)[: args.max_train]

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+from augment import augment  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split, read_tsv, score  # noqa: E402
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "glue"
@@ -60,6 +61,18 @@ def test_malformed_files_name_the_file_and_line(tmp_path):
         load_split("mrpc", "train", tmp_path)
 
 
+def test_augmented_copies_are_perturbed_pairs_of_the_task_text():
+    rows = [(f"first text number {i} here", f"second text number {i} there", float(i)) for i in range(40)]
+    out = augment(rows, 2, seed=1)
+    assert len(out) == 80 and out == augment(rows, 2, seed=1)
+    assert all(len(r) == 3 and r[2] == rows[i % 40][2] for i, r in enumerate(out))
+    vocab = {w for r in rows for t in r[:2] for w in t.split()}
+    assert all(set(t.split()) <= vocab for r in out for t in r[:2])
+    changed = sum(r[:2] != rows[i % 40][:2] for i, r in enumerate(out))
+    swapped = sum(r[1].split()[3:4] != rows[i % 40][1].split()[3:4] for i, r in enumerate(out))
+    assert changed > 60 and 5 < swapped < 50  # most copies differ; about a quarter of the pairs are re-paired
+
+
 def test_scores_come_from_the_libraries():
     assert score("sst2", [1, 0, 1, 1], [1, 0, 0, 1]) == {"accuracy": 75.0}
     mrpc = score("mrpc", [1, 0, 1, 1], [1, 0, 0, 1])
@@ -79,11 +92,12 @@ def test_tiny_recipe_run_end_to_end(tmp_path, minilm_path):
     args = ["--task", "mrpc", "--model", str(minilm_path), "--data-dir", str(GLUE), "--output", str(out),
             "--device", "cpu", "--depth", "2,3", "--max-train", "48", "--max-dev", "32", "--batch-size", "8",
             "--finetune-steps", "3", "--distill-steps", "4", "--layerwise-steps", "2", "--calib-tokens", "1200",
-            "--checkpoint-every", "2", "--no-speed"]
+            "--checkpoint-every", "2", "--no-speed", "--augment", "1", "--distill-batch-size", "6"]
     r = CliRunner().invoke(glue.main, args)
     assert r.exit_code == 0, r.output
     results = json.loads((out / "results.json").read_text())
     assert [row["depth"] for row in results["fff"]] == [2, 3]
+    assert results["fff"][0]["distill_examples"] == 96 and results["fff"][0]["distill_batch_size"] == 6
     assert {"f1", "accuracy"} <= results["dense"].keys() and {"f1", "accuracy"} <= results["fff"][0]["fff"].keys()
     assert "retention" in (out / "results.md").read_text() and (out / "sweep.png").stat().st_size > 0
     import fffconvert
