@@ -3,7 +3,8 @@
 (a) one FFN layer: torch dense (nn.Linear, activation, nn.Linear) vs the FFF kernel vs the FFF
     PyTorch reference, same dtype, for several token counts;
 (b) a whole model: a BERT-shaped transformers model (random weights) vs the same model with every
-    FFN converted.
+    FFN converted; on CUDA both eagerly and replayed as CUDA graphs (an eager forward of a small
+    model is often bound by the host's Python and launches, which hides the GPU's work).
 Implementations are timed in interleaved rounds of warm blocks (A, B, C, A, B, C, ...), so that a
 noisy machine slows them alike; each figure is the median over rounds, with min and max. CPU times use the
 wall clock; CUDA times use CUDA events.
@@ -118,10 +119,52 @@ def bench_model(cfg: BenchConfig) -> dict:
         layer.load_state_dict(_routed_layer(cfg, torch.float32).state_dict())
     fff = fff.to(cfg.device, dtype).eval()
     ids = torch.randint(1000, config.vocab_size, (cfg.batch, cfg.seq_len), device=cfg.device)
+    return {"batch": cfg.batch, "seq_len": cfg.seq_len, "layers": cfg.layers, **time_models(dense, fff, ids, cfg)}
+
+
+def time_models(dense, fff, ids, cfg: BenchConfig) -> dict:
+    """Forward times of two models on input_ids `ids`. On CUDA, also the time the host takes to
+    issue one eager forward (when it exceeds the GPU's time, eager timings measure Python and
+    kernel launches, not the GPU) and the time of each forward replayed as one CUDA graph."""
+    fns = {"dense": lambda: dense(input_ids=ids), "fff": lambda: fff(input_ids=ids)}
+    out = {}
     with torch.inference_mode():
-        t = time_calls({"dense": lambda: dense(input_ids=ids), "fff": lambda: fff(input_ids=ids)}, cfg)
-    return {"batch": cfg.batch, "seq_len": cfg.seq_len, "layers": cfg.layers,
-            **{f"{k}_ms": [round(v * 1e3, 3) for v in t[k]] for k in t}, "speedup": t["dense"][0] / t["fff"][0]}
+        t = time_calls(fns, cfg)
+        if cfg.device == "cuda":
+            out.update({f"{k}_host_ms": round(_host_ms(fn), 3) for k, fn in fns.items()})
+            g = time_calls({f"{k}_graph": _cuda_graph(fn) for k, fn in fns.items()}, cfg)
+            t.update(g)
+    out.update({f"{k}_ms": [round(v * 1e3, 3) for v in t[k]] for k in t})
+    out["speedup"] = t["dense"][0] / t["fff"][0]
+    if cfg.device == "cuda":
+        out["speedup_graph"] = t["dense_graph"][0] / t["fff_graph"][0]
+    return out
+
+
+def _host_ms(fn, rounds: int = 10) -> float:
+    """Median host time to issue one forward (the GPU is idle at the start of each)."""
+    times = []
+    for _ in range(rounds):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    torch.cuda.synchronize()
+    return statistics.median(times) * 1e3
+
+
+def _cuda_graph(fn):
+    """fn captured once as a CUDA graph; the returned function replays it (one launch)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up off the default stream, as capture requires
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def environment(cfg: BenchConfig) -> dict:
@@ -173,7 +216,10 @@ def format_report(result: dict) -> str:
     if "model" in result:
         m = result["model"]
         lines += ["", f"Whole BERT-shaped model ({m['layers']} layers, random weights), batch {m['batch']} x {m['seq_len']} tokens:",
-                  f"dense {fmt(m['dense_ms'])} ms, FFF {fmt(m['fff_ms'])} ms: {m['speedup']:.2f}x"]
+                  f"eager: dense {fmt(m['dense_ms'])} ms, FFF {fmt(m['fff_ms'])} ms: {m['speedup']:.2f}x"]
+        if "speedup_graph" in m:
+            lines += [f"CUDA graph: dense {fmt(m['dense_graph_ms'])} ms, FFF {fmt(m['fff_graph_ms'])} ms: {m['speedup_graph']:.2f}x",
+                      f"host time to issue one eager forward: dense {m['dense_host_ms']:.3f} ms, FFF {m['fff_host_ms']:.3f} ms"]
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ from augment import augment  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split, score  # noqa: E402
 
 import fffconvert  # noqa: E402
-from fffconvert.bench import BenchConfig, time_calls, bench_layer  # noqa: E402
+from fffconvert.bench import BenchConfig, bench_layer, time_models  # noqa: E402
 from fffconvert.convert import FFFConfig  # noqa: E402
 from fffconvert.distill import DistillConfig, E2EConfig, distill_model, routing_agreement, soft_routing  # noqa: E402
 from fffconvert.io import embedded_model_path  # noqa: E402
@@ -91,11 +91,9 @@ def measure_speed(dense, fff, cfg_layer: dict, device, batch, seq_len) -> dict:
     dtype = torch.bfloat16 if "cuda" in device else torch.float32
     d, f = copy.deepcopy(dense).to(device, dtype).eval(), fff.to(device, dtype).eval()  # fff: its last use
     ids = torch.randint(1000, dense.config.vocab_size, (batch, seq_len), device=device)
-    with torch.inference_mode():
-        t = time_calls({"dense": lambda: d(input_ids=ids), "fff": lambda: f(input_ids=ids)}, bc)
+    t = time_models(d, f, ids, bc)
     return {"dtype": bc.dtype, "tokens": batch * seq_len, "ffn_layer_speedup": layer["speedup_kernel"],
-            "model_speedup": t["dense"][0] / t["fff"][0], "dense_model_ms": t["dense"][0] * 1e3,
-            "fff_model_ms": t["fff"][0] * 1e3}
+            "model_speedup": t["speedup"], "model_speedup_graph": t.get("speedup_graph"), "model": t}
 
 
 def convert_and_distill(dense, tokenizer, depth, task, train, dev, collate, args, device, out: Path) -> dict:
@@ -143,9 +141,10 @@ def write_reports(results: dict, out: Path):
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["fff"]:
         s = r.get("speed", {})
+        graph = f" ({s['model_speedup_graph']:.2f}x as CUDA graphs)" if s.get("model_speedup_graph") else ""
         lines.append(f"| {r['depth']} | {r['rows_per_token']} of {r['rows_total']} | {r['fff'][key]:.2f} "
                      f"| {100 * r['fff'][key] / dense[key]:.1f}% | {r['fff_soft'][key]:.2f} | {r['agreement']:.3f} "
-                     f"| {s.get('ffn_layer_speedup', float('nan')):.1f}x | {s.get('model_speedup', float('nan')):.2f}x "
+                     f"| {s.get('ffn_layer_speedup', float('nan')):.1f}x | {s.get('model_speedup', float('nan')):.2f}x{graph} "
                      f"| {r['seconds']['convert']:.0f} | {r['seconds']['distill']:.0f} |")
     speed = results["fff"][0].get("speed", {})
     lines += ["", f"All metrics: dense {json.dumps({k: round(v, 2) for k, v in dense.items()})}",
