@@ -58,19 +58,25 @@ def check_calibration(config: FFFConfig, ids) -> int:
 
 
 @contextmanager
-def deterministic():
-    """Same seed, same bits: parallel accumulations (gather backward) otherwise reorder float sums."""
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+def exact_numerics():
+    """Same seed, same bits, full float32: deterministic algorithms (parallel accumulations such as
+    gather backward otherwise reorder float sums), and no TF32 matmuls even where the caller enabled
+    them for training: the leaves' least squares solve normal equations whose ridge is ~1e-3 of
+    their diagonal, the size of TF32's rounding, and can turn indefinite under it."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cuda.matmul.allow_tf32)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cuda.matmul.allow_tf32 = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cuda.matmul.allow_tf32 = before[2]
 
 
 def convert(model, config: FFFConfig, texts: list[str], tokenizer, device="cpu", progress=True):
     """Replace every FFN of `model` by an FFF fitted to it on `texts`; returns the model."""
-    with deterministic():
+    with exact_numerics():
         return _convert(model, config, texts, tokenizer, device, progress)
 
 
@@ -114,6 +120,8 @@ def _convert(model, config, texts, tokenizer, device, progress):
         if config.distill.steps:
             distill_layer(layer, X_fit, Y_fit, config.distill, config.seed + 1000 * i, bar=bar)
         layer.temperature = config.distill.t_end
+        if not all(p.isfinite().all() for p in layer.parameters()):
+            raise ConversionError(f"FFN {i}: fitting gave non-finite weights; try more calibration tokens or another --seed")
         stats[i].update(layer_report(layer, X_val, Y_val))
         layer.eval()
     bar.close()
