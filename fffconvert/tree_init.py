@@ -82,6 +82,8 @@ def _hyperplane(X, label, cov_root, min_side: float):
     n, H = X.shape
     if label.all() or not label.any():  # nothing to separate: split on the leading direction
         label = (X - X.mean(0)) @ torch.linalg.eigh(cov_root)[1][:, -1] > 0
+    if label.all() or not label.any():  # identical tokens (repeated text): send them all left
+        return torch.zeros_like(X[0]), X.new_tensor(-1.0)
     m1, m0 = X[label].mean(0), X[~label].mean(0)
     R = torch.where(label[:, None], X - m1, X - m0)
     cov = (R.t() @ R + H * cov_root) / (n + H)
@@ -96,7 +98,9 @@ def _hyperplane(X, label, cov_root, min_side: float):
     lo, hi = max(int(min_side * n), 1) - 1, min(int((1 - min_side) * n), n - 1) - 1
     cut = lo + int(err[lo: hi + 1].argmin()) if hi >= lo else (n - 1) // 2
     thr = (s[order[cut]] + s[order[min(cut + 1, n - 1)]]) / 2
-    z_scale = (s - thr).std().clamp_min(1e-12)
+    z_scale = (s - thr).std()
+    if not z_scale > 1e-6 * s.abs().max():  # tokens too alike to scale a split: all left, as above
+        return torch.zeros_like(X[0]), X.new_tensor(-1.0)
     return w / z_scale, -thr / z_scale
 
 

@@ -80,3 +80,17 @@ def test_save_refuses_existing_folder_without_overwrite(tmp_path, tokenizer, tex
         fffconvert.save_pretrained(model, tmp_path / "out")
     fffconvert.save_pretrained(model, tmp_path / "out", overwrite=True)
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_repeated_tokens_give_finite_trees():
+    """Repeated text puts identical tokens in a node; their split must not divide by zero (it did:
+    NaN weights on a GLUE run whose calibration text repeats sentences)."""
+    from fffconvert.layer import FFF
+    from fffconvert.tree_init import DenseFFN, init_from_dense
+
+    torch.manual_seed(0)
+    fc1, fc2 = torch.nn.Linear(16, 64), torch.nn.Linear(64, 16)
+    X = torch.cat([torch.randn(200, 16), torch.randn(1, 16).expand(120, 16)])  # 120 copies of one token
+    layer = init_from_dense(FFF(16, 6, 2), X, DenseFFN(fc1, fc2, "gelu"), seed=0)
+    assert all(p.isfinite().all() for p in layer.parameters())
+    assert layer.hard_forward(X).isfinite().all()
