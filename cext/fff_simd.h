@@ -73,16 +73,40 @@ static inline void fff_store_fence(void) {
 #endif
 }
 
-/* Forward of one token: descend the tree, then run the reached leaf. `acc` is an H-float
- * scratch row of the calling thread (stays in L1). */
-static inline void fff_forward_token(const float *xt, float *yt, float *acc, long H, int D, int L,
-                                     const float *node_w, const float *node_b, const float *w1,
-                                     const float *b1, const float *w2, const float *leaf_b,
-                                     const float *out_b, int act) {
+/* Leaf reached by one token: D dot products down the tree. */
+static inline long fff_route(const float *xt, long H, int D, const float *node_w, const float *node_b) {
     long node = 0;
     for (int d = 0; d < D; d++)
         node = 2 * node + (fff_dot(xt, node_w + node * H, H) + node_b[node] > 0.f ? 2 : 1);
-    long k = node - ((1L << D) - 1);
+    return node - ((1L << D) - 1);
+}
+
+/* Leaves of four tokens, descended together: each level's four row reads are independent and
+ * overlap in the memory system, where one token's reads wait on each other's dot products. */
+static inline void fff_route4(const float *x0, long H, int D, const float *node_w, const float *node_b,
+                              int *leaf) {
+    long nd[4] = {0, 0, 0, 0};
+    for (int d = 0; d < D; d++) {
+        const float *w[4], *x[4];
+        fff_v8 s[4] = {{0}, {0}, {0}, {0}};
+        for (int j = 0; j < 4; j++) { w[j] = node_w + nd[j] * H; x[j] = x0 + j * H; }
+        long i = 0;
+        for (; i + 8 <= H; i += 8)
+            for (int j = 0; j < 4; j++) s[j] += *(const fff_v8 *)(x[j] + i) * *(const fff_v8 *)(w[j] + i);
+        for (int j = 0; j < 4; j++) {
+            fff_v8 v = s[j];
+            float z = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+            for (long r = i; r < H; r++) z += x[j][r] * w[j][r];
+            nd[j] = 2 * nd[j] + (z + node_b[nd[j]] > 0.f ? 2 : 1);
+        }
+    }
+    for (int j = 0; j < 4; j++) leaf[j] = (int)(nd[j] - ((1L << D) - 1));
+}
+
+/* Leaf k's output for one token, streamed to yt. `acc` is an H-float scratch row of the calling
+ * thread (stays in L1). */
+static inline void fff_leaf(const float *xt, float *yt, float *acc, long H, int L, long k, const float *w1,
+                            const float *b1, const float *w2, const float *leaf_b, const float *out_b, int act) {
     fff_add(leaf_b + k * H, out_b, acc, H);
     for (int j = 0; j < L; j++) {
         float h = fff_act(fff_dot(xt, w1 + (k * L + j) * H, H) + b1[k * L + j], act);
