@@ -3,8 +3,8 @@
 (a) one FFN layer: torch dense (nn.Linear, activation, nn.Linear) vs the FFF kernel vs the FFF
     PyTorch reference, same dtype, for several token counts;
 (b) a whole model: a BERT-shaped transformers model (random weights) vs the same model with every
-    FFN converted; on CUDA both eagerly and replayed as CUDA graphs (an eager forward of a small
-    model is often bound by the host's Python and launches, which hides the GPU's work).
+    FFN converted; on CUDA both eagerly and replayed as CUDA graphs, with the host's time per
+    eager forward (an eager forward is often paced by the host's Python and launches).
 Implementations are timed in interleaved rounds of warm blocks (A, B, C, A, B, C, ...), so that a
 noisy machine slows them alike; each figure is the median over rounds, with min and max. CPU times use the
 wall clock; CUDA times use CUDA events.
@@ -123,9 +123,10 @@ def bench_model(cfg: BenchConfig) -> dict:
 
 
 def time_models(dense, fff, ids, cfg: BenchConfig) -> dict:
-    """Forward times of two models on input_ids `ids`. On CUDA, also the time the host takes to
-    issue one eager forward (when it exceeds the GPU's time, eager timings measure Python and
-    kernel launches, not the GPU) and the time of each forward replayed as one CUDA graph."""
+    """Forward times of two models on input_ids `ids`. On CUDA, also the host's time for one eager
+    forward call, started on an idle GPU (it includes any waits for the GPU inside the call; a
+    model whose GPU work is shorter than this is paced by the host), and the time of each forward
+    replayed as one CUDA graph."""
     fns = {"dense": lambda: dense(input_ids=ids), "fff": lambda: fff(input_ids=ids)}
     out = {}
     with torch.inference_mode():
@@ -142,7 +143,7 @@ def time_models(dense, fff, ids, cfg: BenchConfig) -> dict:
 
 
 def _host_ms(fn, rounds: int = 10) -> float:
-    """Median host time to issue one forward (the GPU is idle at the start of each)."""
+    """Median host time of one forward call (the GPU is idle at the start of each)."""
     times = []
     for _ in range(rounds):
         torch.cuda.synchronize()
@@ -219,7 +220,7 @@ def format_report(result: dict) -> str:
                   f"eager: dense {fmt(m['dense_ms'])} ms, FFF {fmt(m['fff_ms'])} ms: {m['speedup']:.2f}x"]
         if "speedup_graph" in m:
             lines += [f"CUDA graph: dense {fmt(m['dense_graph_ms'])} ms, FFF {fmt(m['fff_graph_ms'])} ms: {m['speedup_graph']:.2f}x",
-                      f"host time to issue one eager forward: dense {m['dense_host_ms']:.3f} ms, FFF {m['fff_host_ms']:.3f} ms"]
+                      f"host time of one eager forward call: dense {m['dense_host_ms']:.3f} ms, FFF {m['fff_host_ms']:.3f} ms"]
     return "\n".join(lines)
 
 

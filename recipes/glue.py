@@ -74,7 +74,7 @@ def dense_model(source: str, task: str, train, collate, args, device, out: Path)
         return transformers.AutoModelForSequenceClassification.from_pretrained(saved, dtype=torch.float32).to(device), None
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
         source, num_labels=num_labels, dtype=torch.float32).to(device)
-    steps = args.finetune_steps or min(max(3 * len(train) // args.batch_size, 1000), 3000)
+    steps = args.finetune_steps or min(max(3 * len(train) // args.batch_size, 1000), 2000)
     cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     stats = fit(model, train, collate, lambda m, b, s: m(**b).loss, cfg, device=device,
                 checkpoint_dir=out / "checkpoints" / "dense", resume=args.resume, desc="finetuning")
@@ -104,11 +104,12 @@ def convert_and_distill(dense, tokenizer, depth, task, train, dev, collate, args
                        distill=DistillConfig(steps=args.layerwise_steps))
     student = fffconvert.convert(student, config, texts, tokenizer, device=device, progress=rank_and_world()[0] == 0)
     t_convert = time.perf_counter() - t0
-    batch = args.distill_batch_size or args.batch_size
-    steps = args.distill_steps or min(max(2 * len(train) // batch, 2000), 3000)
+    batch = args.distill_batch_size
+    steps = args.distill_steps
     train_cfg = TrainConfig(steps=steps, batch_size=batch, lr=args.lr, fff_lr=args.fff_lr, seed=args.seed,
                             checkpoint_every=args.checkpoint_every)
-    transfer = train + augment(train, args.augment, seed=args.seed)
+    copies = args.augment if args.augment is not None else (4 if len(train) < 20000 else 2)
+    transfer = train + augment(train, copies, seed=args.seed)
     stats = distill_model(student, dense, transfer, collate, E2EConfig(), train_cfg, device=device,
                           checkpoint_dir=out / "checkpoints" / f"distill-d{depth}", resume=args.resume)
     t_distill = time.perf_counter() - t0 - t_convert
@@ -182,13 +183,14 @@ def write_reports(results: dict, out: Path):
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=5e-5, show_default=True)
 @click.option("--fff-lr", type=float, default=5e-4, show_default=True, help="Learning rate of the FFF layers.")
-@click.option("--finetune-steps", type=int, default=None, help="Default: 3 epochs, within 1000 to 3000 steps.")
-@click.option("--distill-steps", type=int, default=None, help="Default: 2 epochs, within 2000 to 3000 steps.")
-@click.option("--distill-batch-size", type=int, default=None, help="Default: --batch-size.")
-@click.option("--augment", type=int, default=0, show_default=True,
-              help="Perturbed copies of each training example added to the distillation data (recipes/augment.py).")
-@click.option("--layerwise-steps", type=int, default=200, show_default=True)
-@click.option("--calib-tokens", type=int, default=65536, show_default=True)
+@click.option("--finetune-steps", type=int, default=None, help="Default: 3 epochs, within 1000 to 2000 steps.")
+@click.option("--distill-steps", type=int, default=3000, show_default=True)
+@click.option("--distill-batch-size", type=int, default=128, show_default=True)
+@click.option("--augment", type=int, default=None,
+              help="Perturbed copies of each training example added to the distillation data (recipes/augment.py). "
+                   "Default: 4 below 20k training examples, else 2.")
+@click.option("--layerwise-steps", type=int, default=100, show_default=True)
+@click.option("--calib-tokens", type=int, default=32768, show_default=True)
 @click.option("--max-train", type=int, default=None, help="Use only the first N training rows (quick runs).")
 @click.option("--max-dev", type=int, default=None, help="Use only the first N rows of each dev split.")
 @click.option("--max-length", type=int, default=128, show_default=True)
