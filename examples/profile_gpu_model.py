@@ -1,47 +1,79 @@
-"""Where the whole-model time goes on the GPU: dense vs FFF BERT-base, bf16, 64x128."""
-import time, torch, transformers
-from torch.profiler import profile, ProfilerActivity
+"""Where a whole model's time goes on the GPU: dense BERT-base against its FFF version (depth 11,
+leaf width 2, random weights), bf16, batch 64 x 128. Needs a CUDA GPU and the built CUDA kernel.
+
+    python examples/profile_gpu_model.py
+
+Prints, for each model: the eager wall time per forward, the host's time for one forward call,
+the GPU kernel time per forward (torch.profiler, kernels only) with the busiest kernels, and the
+time of the forward replayed as a CUDA graph. When the kernel time is well under the wall time,
+the host sets the pace. (docs/results/gpu-model-profile-h100.txt came from an earlier version
+whose summary line also counted the op rows; its tables' "Self CUDA time total" is the figure.)
+"""
+import time
+
+import torch
+import transformers
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
 from fffconvert.bench import BenchConfig, _routed_layer
 from fffconvert.surgery import empty_fff_model, fff_layers
-cfg = BenchConfig(device="cuda", dtype="bfloat16", batch=64, seq_len=128)
-config = transformers.BertConfig()
-torch.manual_seed(0)
-dense = transformers.BertModel(config).cuda().bfloat16().eval()
-fff = transformers.BertModel(config); empty_fff_model(fff, 11, 2)
-for l in fff_layers(fff): l.load_state_dict(_routed_layer(BenchConfig(), torch.float32).state_dict())
-fff = fff.cuda().bfloat16().eval()
-ids = torch.randint(1000, 30000, (64, 128), device="cuda")
-models = {"dense": dense, "fff": fff}
-def wall(m, n=20):
-    torch.cuda.synchronize(); t = time.perf_counter()
-    for _ in range(n): m(input_ids=ids)
-    torch.cuda.synchronize(); return (time.perf_counter() - t) / n * 1e3
-with torch.inference_mode():
-    for _ in range(3):
-        for m in models.values(): m(input_ids=ids)
-    for r in range(3):
-        print("wall ms/forward", {k: round(wall(m), 3) for k, m in models.items()})
-    # host time to issue one forward (no sync): launch-bound if close to wall
-    for k, m in models.items():
-        torch.cuda.synchronize(); t = time.perf_counter(); m(input_ids=ids); host = (time.perf_counter() - t) * 1e3
-        torch.cuda.synchronize(); print(k, "host issue ms", round(host, 3))
-    for k, m in models.items():
-        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-            for _ in range(5): m(input_ids=ids)
+
+FORWARDS = 5
+
+
+def wall_ms(fn, n=20):
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n * 1e3
+
+
+def main():
+    config = transformers.BertConfig()
+    torch.manual_seed(0)
+    dense = transformers.BertModel(config).cuda().bfloat16().eval()
+    fff = transformers.BertModel(config)
+    empty_fff_model(fff, 11, 2)
+    for layer in fff_layers(fff):  # routing spread over all leaves, as in a trained model
+        layer.load_state_dict(_routed_layer(BenchConfig(), torch.float32).state_dict())
+    fff = fff.cuda().bfloat16().eval()
+    ids = torch.randint(1000, 30000, (64, 128), device="cuda")
+    calls = {"dense": lambda: dense(input_ids=ids), "fff": lambda: fff(input_ids=ids)}
+    with torch.inference_mode():
+        for fn in calls.values():
+            for _ in range(3):
+                fn()
+        for name, fn in calls.items():
             torch.cuda.synchronize()
-        ev = prof.key_averages()
-        gpu = sum(e.self_device_time_total for e in ev) / 5 / 1e3
-        print(f"== {k}: GPU kernel time per forward {gpu:.3f} ms")
-        print(ev.table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60))
-    # CUDA graphs: GPU-only time of each model
-    for k, m in models.items():
-        s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(2): m(input_ids=ids)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g): m(input_ids=ids)
-        for _ in range(3): g.replay()
-        torch.cuda.synchronize(); t = time.perf_counter()
-        for _ in range(50): g.replay()
-        torch.cuda.synchronize(); print(k, "graph replay ms", round((time.perf_counter() - t) / 50 * 1e3, 3))
+            t = time.perf_counter()
+            fn()
+            host = (time.perf_counter() - t) * 1e3
+            torch.cuda.synchronize()
+            print(f"{name}: eager {wall_ms(fn):.3f} ms per forward, host time of one call {host:.3f} ms")
+        for name, fn in calls.items():
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(FORWARDS):
+                    fn()
+                torch.cuda.synchronize()
+            events = prof.key_averages()
+            gpu_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+            print(f"== {name}: GPU kernel time per forward {gpu_us / FORWARDS / 1e3:.3f} ms")
+            print(events.table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60))
+        for name, fn in calls.items():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+            print(f"{name}: CUDA graph replay {wall_ms(graph.replay, 50):.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
