@@ -104,10 +104,8 @@ def convert_and_distill(dense, tokenizer, depth, task, train, dev, collate, args
                        distill=DistillConfig(steps=args.layerwise_steps))
     student = fffconvert.convert(student, config, texts, tokenizer, device=device, progress=rank_and_world()[0] == 0)
     t_convert = time.perf_counter() - t0
-    batch = args.distill_batch_size
-    steps = args.distill_steps
-    train_cfg = TrainConfig(steps=steps, batch_size=batch, lr=args.lr, fff_lr=args.fff_lr, seed=args.seed,
-                            checkpoint_every=args.checkpoint_every)
+    train_cfg = TrainConfig(steps=args.distill_steps, batch_size=args.distill_batch_size, lr=args.lr, fff_lr=args.fff_lr,
+                            seed=args.seed, checkpoint_every=args.checkpoint_every)
     copies = args.augment if args.augment is not None else (4 if len(train) < 20000 else 2)
     transfer = train + augment(train, copies, seed=args.seed)
     stats = distill_model(student, dense, transfer, collate, E2EConfig(), train_cfg, device=device,
@@ -122,7 +120,8 @@ def convert_and_distill(dense, tokenizer, depth, task, train, dev, collate, args
     row = {"depth": depth, "leaf_width": fff["leaf_width"], "rows_per_token": fff["rows_per_token"],
            "rows_total": fff["rows_total"], "fff": hard, "fff_soft": soft,
            "agreement": routing_agreement(student, batches), "distill_examples_per_s": stats["examples_per_s"],
-           "distill_steps": steps, "distill_batch_size": batch, "distill_examples": len(transfer), "seconds": {"convert": t_convert, "distill": t_distill},
+           "distill_steps": train_cfg.steps, "distill_batch_size": train_cfg.batch_size, "distill_examples": len(transfer),
+           "seconds": {"convert": t_convert, "distill": t_distill},
            "layerwise": fff["layers"]}
     if rank_and_world()[0] == 0:
         fffconvert.save_pretrained(student, out / f"fff-d{depth}", tokenizer, overwrite=True,
