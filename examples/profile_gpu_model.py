@@ -16,7 +16,7 @@ import transformers
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from fffconvert.bench import BenchConfig, _routed_layer
+from fffconvert.bench import BenchConfig, _cuda_graph, _routed_layer
 from fffconvert.surgery import empty_fff_model, fff_layers
 
 FORWARDS = 5
@@ -63,16 +63,7 @@ def main():
             print(f"== {name}: GPU kernel time per forward {gpu_us / FORWARDS / 1e3:.3f} ms")
             print(events.table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60))
         for name, fn in calls.items():
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    fn()
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                fn()
-            print(f"{name}: CUDA graph replay {wall_ms(graph.replay, 50):.3f} ms")
+            print(f"{name}: CUDA graph replay {wall_ms(_cuda_graph(fn), 50):.3f} ms")
 
 
 if __name__ == "__main__":
