@@ -4,6 +4,10 @@ and fit the input, else the PyTorch reference (`FFF.hard_forward`), with one war
 The compiled extensions are optional, as in pytorch_scatter: `fffconvert._cpu` (Cython, cext/) is
 built on every install, `fffconvert._cuda` (cuda/) only where torch has CUDA and nvcc is present.
 `FFFCONVERT_KERNELS=torch` forces the reference everywhere (for debugging and for benchmarks).
+
+Under `torch.compile` the kernels enter the graph as one operator, `torch.ops.fffconvert.fff_forward`
+(registered with `torch.library`, as torchao does for its kernels); eager calls skip the operator's
+dispatch and call the extension directly, since at one token that dispatch costs more than the kernel.
 """
 import importlib
 import os
@@ -63,13 +67,38 @@ def kernel_for(x: torch.Tensor):
     return None
 
 
+@torch.compiler.assume_constant_result
+def _has_kernel(device: str, dtype: torch.dtype) -> bool:
+    """kernel_for, answered once at trace time (the compiler cannot trace an import)."""
+    return kernel_for(torch.empty(0, device=device, dtype=dtype)) is not None
+
+
+@torch.library.custom_op("fffconvert::fff_forward", mutates_args=())
+def fff_forward_op(x: torch.Tensor, node_weight: torch.Tensor, node_bias: torch.Tensor, w1: torch.Tensor,
+                   b1: torch.Tensor, w2: torch.Tensor, leaf_bias: torch.Tensor, out_bias: torch.Tensor,
+                   activation: str) -> torch.Tensor:
+    """The compiled kernel's hard forward of x [N, H] (contiguous) as a PyTorch operator."""
+    return kernel_for(x).fff_forward(x, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias, activation)
+
+
+@fff_forward_op.register_fake
+def _(x, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias, activation):
+    return torch.empty_like(x)
+
+
 def hard_forward(layer, x: torch.Tensor) -> torch.Tensor:
     """Inference forward of `layer` on x [..., H]. Kernels produce no autograd graph, so an input
     that needs gradients takes the reference. (This runs once per layer per forward: kept lean.)"""
     if torch.is_grad_enabled() and x.requires_grad:
         return layer.hard_forward(x)
-    ext = kernel_for(x)
     p = layer._parameters  # direct dict access: nn.Module.__getattr__ costs a microsecond a name
+    if torch.compiler.is_compiling():
+        if not _has_kernel(x.device.type, x.dtype) or x.dtype != p["w1"].dtype:
+            return layer.hard_forward(x)
+        y = fff_forward_op(x.reshape(-1, x.shape[-1]).contiguous(), p["node_weight"], p["node_bias"], p["w1"],
+                           p["b1"], p["w2"], p["leaf_bias"], p["out_bias"], layer.activation)
+        return y.view(x.shape)
+    ext = kernel_for(x)
     if ext is None or x.dtype != p["w1"].dtype:
         return layer.hard_forward(x)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
