@@ -3,8 +3,9 @@
 (a) one FFN layer: torch dense (nn.Linear, activation, nn.Linear) vs the FFF kernel vs the FFF
     PyTorch reference, same dtype, for several token counts;
 (b) a whole model: a BERT-shaped transformers model (random weights) vs the same model with every
-    FFN converted; on CUDA both eagerly and replayed as CUDA graphs, with the host's time per
-    eager forward (an eager forward is often paced by the host's Python and launches).
+    FFN converted, eagerly and (`compile`) under torch.compile; on CUDA also replayed as CUDA
+    graphs, with the host's time per eager forward (an eager forward is often paced by the host's
+    Python and launches).
 Implementations are timed in interleaved rounds of warm blocks (A, B, C, A, B, C, ...), so that a
 noisy machine slows them alike; each figure is the median over rounds, with min and max. CPU times use the
 wall clock; CUDA times use CUDA events.
@@ -37,6 +38,7 @@ class BenchConfig:
     warmup: int = 2
     threads: int | None = None  # CPU threads (default: torch's)
     model: bool = True  # also time a whole BERT-shaped model
+    compile: bool = False  # also time the whole models under torch.compile
     batch: int = 8
     seq_len: int = 128
     layers: int = 12
@@ -123,23 +125,31 @@ def bench_model(cfg: BenchConfig) -> dict:
 
 
 def time_models(dense, fff, ids, cfg: BenchConfig) -> dict:
-    """Forward times of two models on input_ids `ids`. On CUDA, also the host's time for one eager
-    forward call, started on an idle GPU (it includes any waits for the GPU inside the call; a
-    model whose GPU work is shorter than this is paced by the host), and the time of each forward
-    replayed as one CUDA graph."""
-    fns = {"dense": lambda: dense(input_ids=ids), "fff": lambda: fff(input_ids=ids)}
+    """Forward times of two models on input_ids `ids`: eager, and with `cfg.compile` under
+    torch.compile (default mode, both models alike). On CUDA, also each forward replayed as one CUDA
+    graph, and the host's time for one eager forward call, started on an idle GPU (it includes any
+    waits for the GPU inside the call; a model whose GPU work is shorter than this is paced by the
+    host)."""
+    models = {"dense": dense, "fff": fff}
+    if cfg.compile:
+        models.update({f"{k}_compiled": torch.compile(m) for k, m in list(models.items())})
+    fns = {k: (lambda m=m: m(input_ids=ids)) for k, m in models.items()}
     out = {}
     with torch.inference_mode():
         t = time_calls(fns, cfg)
         if cfg.device == "cuda":
-            out.update({f"{k}_host_ms": round(_host_ms(fn), 3) for k, fn in fns.items()})
-            g = time_calls({f"{k}_graph": _cuda_graph(fn) for k, fn in fns.items()}, cfg)
-            t.update(g)
+            out.update({f"{k}_host_ms": round(_host_ms(fns[k]), 3) for k in ("dense", "fff")})
+            t.update(time_calls({f"{k}_graph": _cuda_graph(fn) for k, fn in fns.items()}, cfg))
     out.update({f"{k}_ms": [round(v * 1e3, 3) for v in t[k]] for k in t})
-    out["speedup"] = t["dense"][0] / t["fff"][0]
-    if cfg.device == "cuda":
-        out["speedup_graph"] = t["dense_graph"][0] / t["fff_graph"][0]
+    for mode in MODEL_MODES:
+        if f"dense{mode}" in t:
+            out[f"speedup{mode}"] = t[f"dense{mode}"][0] / t[f"fff{mode}"][0]
     return out
+
+
+# Ways a whole model runs in `time_models`, by the suffix of their keys.
+MODEL_MODES = {"": "eager", "_graph": "CUDA graph", "_compiled": "torch.compile",
+               "_compiled_graph": "torch.compile + CUDA graph"}
 
 
 def _host_ms(fn, rounds: int = 10) -> float:
@@ -169,8 +179,10 @@ def _cuda_graph(fn):
 
 
 def environment(cfg: BenchConfig) -> dict:
-    env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-           "cpu": _cpu_name()}
+    import transformers
+
+    env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+           "threads": torch.get_num_threads(), "cpu": _cpu_name()}
     if cfg.device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     from . import kernels
@@ -204,7 +216,8 @@ def run(cfg: BenchConfig) -> dict:
 def format_report(result: dict) -> str:
     cfg, env = result["config"], result["environment"]
     where = env.get("gpu") or f"{env['cpu']}, {env['threads']} threads"
-    lines = [f"fffconvert bench: {cfg['device']} ({where}), {cfg['dtype']}, torch {env['torch']}, FFF {env['kernel']} kernel",
+    lines = [f"fffconvert bench: {cfg['device']} ({where}), {cfg['dtype']}, torch {env['torch']}, "
+             f"transformers {env.get('transformers', '?')}, FFF {env['kernel']} kernel",
              f"FFN layer H={cfg['hidden']} F={cfg['ffn']} vs FFF depth {cfg['depth']} leaf width {cfg['leaf_width']}: "
              f"FLOP ratio {result['flop_ratio']:.0f}x (the limit)",
              "ms per call: median [min-max] over interleaved rounds", "",
@@ -216,11 +229,11 @@ def format_report(result: dict) -> str:
                      f"| {r['speedup_kernel']:.1f}x | {r['speedup_reference']:.1f}x |")
     if "model" in result:
         m = result["model"]
-        lines += ["", f"Whole BERT-shaped model ({m['layers']} layers, random weights), batch {m['batch']} x {m['seq_len']} tokens:",
-                  f"eager: dense {fmt(m['dense_ms'])} ms, FFF {fmt(m['fff_ms'])} ms: {m['speedup']:.2f}x"]
-        if "speedup_graph" in m:
-            lines += [f"CUDA graph: dense {fmt(m['dense_graph_ms'])} ms, FFF {fmt(m['fff_graph_ms'])} ms: {m['speedup_graph']:.2f}x",
-                      f"host time of one eager forward call: dense {m['dense_host_ms']:.3f} ms, FFF {m['fff_host_ms']:.3f} ms"]
+        lines += ["", f"Whole BERT-shaped model ({m['layers']} layers, random weights), batch {m['batch']} x {m['seq_len']} tokens:"]
+        lines += [f"{name}: dense {fmt(m[f'dense{mode}_ms'])} ms, FFF {fmt(m[f'fff{mode}_ms'])} ms: {m[f'speedup{mode}']:.2f}x"
+                  for mode, name in MODEL_MODES.items() if f"speedup{mode}" in m]
+        if "dense_host_ms" in m:
+            lines.append(f"host time of one eager forward call: dense {m['dense_host_ms']:.3f} ms, FFF {m['fff_host_ms']:.3f} ms")
     return "\n".join(lines)
 
 

@@ -140,6 +140,7 @@ def _int_list(ctx, param, value):
 @click.option("--warmup", type=int, default=2, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads (default: torch's).")
 @click.option("--model/--no-model", default=True, show_default=True, help="Also time a whole BERT-shaped model.")
+@click.option("--compile", is_flag=True, help="Also time the whole models under torch.compile (slow to compile).")
 @click.option("--batch", type=int, default=8, show_default=True)
 @click.option("--seq-len", type=int, default=128, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results here.")
