@@ -6,8 +6,9 @@ leaf width 2, random weights), bf16, batch 64 x 128. Needs a CUDA GPU and the bu
 Prints, for each model: the eager wall time per forward, the host's time for one forward call,
 the GPU kernel time per forward (torch.profiler, kernels only) with the busiest kernels, and the
 time of the forward replayed as a CUDA graph. When the kernel time is well under the wall time,
-the host sets the pace. (docs/results/gpu-model-profile-h100.txt came from an earlier version
-whose summary line also counted the op rows; its tables' "Self CUDA time total" is the figure.)
+the host sets the pace. (docs/results/gpu-model-profile-h100.txt is its output on an H100. Use
+transformers >= 5.23: older versions give BERT an attention mask under graph capture that forces
+fp32 math attention.)
 """
 import time
 
