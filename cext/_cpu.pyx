@@ -3,11 +3,12 @@
 
 Two schedules, both reading the weights in place, releasing the GIL for the whole batch and
 allocating nothing per token:
-- per token (small batches): each thread takes a run of tokens; a token descends the tree, then
-  runs its leaf in an L1 scratch row and streams the result to its output row;
-- grouped by leaf (large batches): first every token's leaf (the tree's rows, a sixth of the
-  layer, stay in cache), then, leaf by leaf, that leaf's tokens. A leaf's rows are then read once
-  per batch instead of once per token, and the next addresses no longer wait on a dot product.
+- per token (small batches): each thread takes runs of four tokens, which descend the tree
+  together, then run their leaves in an L1 scratch row and stream the results to their rows;
+- grouped by subtree (large batches): first every token descends the top of the tree (its rows
+  stay in cache), to the root of a subtree whose rows, nodes and leaves, fit in L2; then, subtree
+  by subtree, that subtree's tokens finish the descent and run their leaves. Each row below the
+  top is then read from memory once per batch instead of once per token.
 """
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc, calloc
@@ -19,8 +20,11 @@ cdef extern from "<stdlib.h>" nogil:
     void *aligned_alloc(size_t alignment, size_t size)
 
 cdef extern from "fff_simd.h" nogil:
-    long fff_route(const float *xt, long H, int D, const float *node_w, const float *node_b)
-    void fff_route4(const float *x0, long H, int D, const float *node_w, const float *node_b, int *leaf)
+    long fff_descend(const float *xt, long H, int levels, long node, const float *node_w, const float *node_b)
+    void fff_route4(const float *x0, long H, int levels, const float *node_w, const float *node_b, int *reached)
+    void fff_subtree(const float *x, float *out, float *acc, const long *idx, long n, long root, int levels,
+                     long H, int D, int L, const float *node_w, const float *node_b, const float *w1,
+                     const float *b1, const float *w2, const float *leaf_b, const float *out_b, int act)
     void fff_leaf(const float *xt, float *yt, float *acc, long H, int L, long k, const float *w1,
                   const float *b1, const float *w2, const float *leaf_b, const float *out_b, int act)
     void fff_store_fence()
@@ -32,61 +36,83 @@ cdef float *_scratch(int64_t H) noexcept nogil:
     return <float *> aligned_alloc(64, ((H * sizeof(float) + 63) // 64) * 64)
 
 
-cdef void _per_token(const float *x, float *out, int64_t n, int64_t H, int D, int L,
-                     const float *node_w, const float *node_b, const float *w1, const float *b1,
-                     const float *w2, const float *leaf_b, const float *out_b, int act, int threads) noexcept nogil:
+cdef int _per_token(const float *x, float *out, int64_t n, int64_t H, int D, int L,
+                    const float *node_w, const float *node_b, const float *w1, const float *b1,
+                    const float *w2, const float *leaf_b, const float *out_b, int act, int threads) noexcept nogil:
     cdef int64_t t
     cdef float *acc
+    cdef long *idx = <long *> malloc(max(n, 1) * sizeof(long))
+    if idx == NULL:
+        return -1
+    for t in range(n):
+        idx[t] = t
     with parallel(num_threads=threads):
         acc = _scratch(H)  # one per thread, not per token
-        for t in prange(n, schedule="static"):
-            fff_leaf(x + t * H, out + t * H, acc, H, L, fff_route(x + t * H, H, D, node_w, node_b),
-                     w1, b1, w2, leaf_b, out_b, act)
+        for t in prange((n + 3) // 4, schedule="static"):  # four tokens at a time, as in a subtree
+            fff_subtree(x, out, acc, idx + 4 * t, min(4, n - 4 * t), 0, D, H, D, L, node_w, node_b,
+                        w1, b1, w2, leaf_b, out_b, act)
         fff_store_fence()
         free(acc)
+    free(idx)
+    return 0
+
+
+# A subtree's node and leaf rows should fit in L2 beside the tokens' rows.
+cdef int64_t SUBTREE_BYTES = 384 * 1024
+
+
+cdef int _subtree_levels(int D, int64_t H, int L) noexcept nogil:
+    """Levels of the subtrees of the grouped schedule: the most whose rows fit SUBTREE_BYTES,
+    leaving at least 32 subtrees (for the threads to share) where the tree is deep enough."""
+    cdef int S = 1
+    while S < D - 5 and ((1 << (S + 1)) - 1 + (1 << (S + 1)) * (2 * L + 1)) * H * sizeof(float) <= SUBTREE_BYTES:
+        S += 1
+    return S
 
 
 cdef int _grouped(const float *x, float *out, int64_t n, int64_t H, int D, int L,
                   const float *node_w, const float *node_b, const float *w1, const float *b1,
                   const float *w2, const float *leaf_b, const float *out_b, int act, int threads) noexcept nogil:
-    cdef int64_t t, i, k, K = 1 << D
+    cdef int S = _subtree_levels(D, H, L)
+    cdef int T = D - S  # levels descended before grouping
+    cdef int64_t t, i, g, G = 1 << T
     cdef float *acc
-    cdef int32_t *leaf = <int32_t *> malloc(n * sizeof(int32_t))
-    cdef int64_t *order = <int64_t *> malloc(n * sizeof(int64_t))
-    cdef int64_t *start = <int64_t *> calloc(K + 1, sizeof(int64_t))
-    if leaf == NULL or order == NULL or start == NULL:
-        free(leaf); free(order); free(start)
+    cdef int32_t *group = <int32_t *> malloc(n * sizeof(int32_t))
+    cdef long *order = <long *> malloc(n * sizeof(long))
+    cdef int64_t *start = <int64_t *> calloc(G + 1, sizeof(int64_t))
+    if group == NULL or order == NULL or start == NULL:
+        free(group); free(order); free(start)
         return -1
     cdef int64_t quads = n // 4
     with parallel(num_threads=threads):
         for i in prange(quads, schedule="static"):
-            fff_route4(x + 4 * i * H, H, D, node_w, node_b, <int *> leaf + 4 * i)
+            fff_route4(x + 4 * i * H, H, T, node_w, node_b, <int *> group + 4 * i)
     for t in range(4 * quads, n):
-        leaf[t] = <int32_t> fff_route(x + t * H, H, D, node_w, node_b)
-    for t in range(n):  # counting sort of the tokens by leaf: start[k] .. start[k+1] are leaf k's
-        start[leaf[t] + 1] += 1
-    for k in range(K):
-        start[k + 1] += start[k]
+        group[t] = <int32_t> (fff_descend(x + t * H, H, T, 0, node_w, node_b) - (G - 1))
+    for t in range(n):  # counting sort of the tokens by subtree: start[g] .. start[g+1] are g's
+        start[group[t] + 1] += 1
+    for g in range(G):
+        start[g + 1] += start[g]
     for t in range(n):
-        order[start[leaf[t]]] = t
-        start[leaf[t]] += 1
-    for k in range(K, 0, -1):  # the fill advanced each start to the next leaf's: shift back
-        start[k] = start[k - 1]
+        order[start[group[t]]] = t
+        start[group[t]] += 1
+    for g in range(G, 0, -1):  # the fill advanced each start to the next subtree's: shift back
+        start[g] = start[g - 1]
     start[0] = 0
     with parallel(num_threads=threads):
         acc = _scratch(H)
-        for k in prange(K, schedule="dynamic", chunksize=8):
-            for i in range(start[k], start[k + 1]):
-                fff_leaf(x + order[i] * H, out + order[i] * H, acc, H, L, k, w1, b1, w2, leaf_b, out_b, act)
+        for g in prange(G, schedule="dynamic", chunksize=1):
+            fff_subtree(x, out, acc, order + start[g], start[g + 1] - start[g], G - 1 + g, S, H, D, L,
+                        node_w, node_b, w1, b1, w2, leaf_b, out_b, act)
         fff_store_fence()
         free(acc)
-    free(leaf); free(order); free(start)
+    free(group); free(order); free(start)
     return 0
 
-
 # Batches of at least this many tokens per leaf take the grouped schedule: timed side by side at
-# depth 11, H=768 on 2 threads, it was as fast at 128 tokens and faster from 512 (0.50 vs 0.60 ms).
-GROUP_MIN_TOKENS_PER_LEAF = 0.25
+# depth 11, H=768 on 2 threads (ms, grouped vs per token), 512 tokens: 0.74 vs 0.67, 1024: 1.71
+# vs 2.08, 2048: 2.93 vs 3.66.
+GROUP_MIN_TOKENS_PER_LEAF = 0.5
 
 
 def fff_forward(x, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias, str activation, out=None, group=None):
@@ -118,7 +144,7 @@ def fff_forward(x, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias, str 
                               <const float *> pw1, <const float *> pb1, <const float *> pw2, <const float *> plb,
                               <const float *> pob, act, threads)
         else:
-            _per_token(<const float *> px, <float *> po, n, H, D, L, <const float *> pnw, <const float *> pnb,
+            status = _per_token(<const float *> px, <float *> po, n, H, D, L, <const float *> pnw, <const float *> pnb,
                        <const float *> pw1, <const float *> pb1, <const float *> pw2, <const float *> plb,
                        <const float *> pob, act, threads)
     if status:

@@ -73,23 +73,23 @@ static inline void fff_store_fence(void) {
 #endif
 }
 
-/* Leaf reached by one token: D dot products down the tree. */
-static inline long fff_route(const float *xt, long H, int D, const float *node_w, const float *node_b) {
-    long node = 0;
-    for (int d = 0; d < D; d++)
+/* Node reached from `node` (breadth-first index: children 2n+1, 2n+2) after `levels` decisions. */
+static inline long fff_descend(const float *xt, long H, int levels, long node, const float *node_w,
+                               const float *node_b) {
+    for (int d = 0; d < levels; d++)
         node = 2 * node + (fff_dot(xt, node_w + node * H, H) + node_b[node] > 0.f ? 2 : 1);
-    return node - ((1L << D) - 1);
+    return node;
 }
 
-/* Leaves of four tokens, descended together: each level's four row reads are independent and
- * overlap in the memory system, where one token's reads wait on each other's dot products. */
-static inline void fff_route4(const float *x0, long H, int D, const float *node_w, const float *node_b,
-                              int *leaf) {
-    long nd[4] = {0, 0, 0, 0};
-    for (int d = 0; d < D; d++) {
-        const float *w[4], *x[4];
+/* Four tokens descended together from nodes nd[0..3], which they leave at the nodes reached:
+ * each level's four row reads are independent and overlap in the memory system, where one
+ * token's reads wait on each other's dot products. */
+static inline void fff_descend4(const float *const *x, long H, int levels, const float *node_w,
+                                const float *node_b, long *nd) {
+    for (int d = 0; d < levels; d++) {
+        const float *w[4];
         fff_v8 s[4] = {{0}, {0}, {0}, {0}};
-        for (int j = 0; j < 4; j++) { w[j] = node_w + nd[j] * H; x[j] = x0 + j * H; }
+        for (int j = 0; j < 4; j++) w[j] = node_w + nd[j] * H;
         long i = 0;
         for (; i + 8 <= H; i += 8)
             for (int j = 0; j < 4; j++) s[j] += *(const fff_v8 *)(x[j] + i) * *(const fff_v8 *)(w[j] + i);
@@ -100,7 +100,16 @@ static inline void fff_route4(const float *x0, long H, int D, const float *node_
             nd[j] = 2 * nd[j] + (z + node_b[nd[j]] > 0.f ? 2 : 1);
         }
     }
-    for (int j = 0; j < 4; j++) leaf[j] = (int)(nd[j] - ((1L << D) - 1));
+}
+
+/* For the four consecutive tokens at x0: the index, within its level, of the node each reaches
+ * after `levels` decisions from the root (with levels = D: the leaf). */
+static inline void fff_route4(const float *x0, long H, int levels, const float *node_w, const float *node_b,
+                              int *reached) {
+    const float *x[4] = {x0, x0 + H, x0 + 2 * H, x0 + 3 * H};
+    long nd[4] = {0, 0, 0, 0};
+    fff_descend4(x, H, levels, node_w, node_b, nd);
+    for (int j = 0; j < 4; j++) reached[j] = (int)(nd[j] - ((1L << levels) - 1));
 }
 
 /* Leaf k's output for one token, streamed to yt. `acc` is an H-float scratch row of the calling
@@ -114,6 +123,29 @@ static inline void fff_leaf(const float *xt, float *yt, float *acc, long H, int 
             fff_axpy(h, w2 + (k * L + j) * H, acc, H);
         else
             fff_axpy_stream(h, w2 + (k * L + j) * H, acc, yt, H);
+    }
+}
+
+/* The tokens idx[0..n) of one subtree, whose root is node `root`, `levels` above the leaves:
+ * descend the rest of the way four tokens at a time, then run each token's leaf. The subtree's
+ * rows are read from memory once and then served from cache to all of its tokens. */
+static inline void fff_subtree(const float *x, float *out, float *acc, const long *idx, long n, long root,
+                               int levels, long H, int D, int L, const float *node_w, const float *node_b,
+                               const float *w1, const float *b1, const float *w2, const float *leaf_b,
+                               const float *out_b, int act) {
+    long first_leaf = (1L << D) - 1, i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float *xs[4];
+        long nd[4] = {root, root, root, root};
+        for (int j = 0; j < 4; j++) xs[j] = x + idx[i + j] * H;
+        fff_descend4(xs, H, levels, node_w, node_b, nd);
+        for (int j = 0; j < 4; j++)
+            fff_leaf(xs[j], out + idx[i + j] * H, acc, H, L, nd[j] - first_leaf, w1, b1, w2, leaf_b, out_b, act);
+    }
+    for (; i < n; i++) {
+        const float *xt = x + idx[i] * H;
+        long k = fff_descend(xt, H, levels, root, node_w, node_b) - first_leaf;
+        fff_leaf(xt, out + idx[i] * H, acc, H, L, k, w1, b1, w2, leaf_b, out_b, act);
     }
 }
 #endif

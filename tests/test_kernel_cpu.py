@@ -23,12 +23,13 @@ def test_kernel_matches_reference(act, H, D, L, n):
         torch.testing.assert_close(layer(x), layer.hard_forward(x), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("H,D,L", [(768, 11, 2), (96, 3, 5), (37, 4, 1), (130, 7, 12)])
+@pytest.mark.parametrize("H,D,L", [(768, 11, 2), (96, 3, 5), (37, 4, 1), (130, 7, 12), (20, 10, 1), (16, 8, 3)])
 @pytest.mark.parametrize("n", [0, 1, 3, 5, 258, 1031])
 @pytest.mark.parametrize("group", [False, True])
 def test_both_schedules_match_reference(H, D, L, n, group):
-    """Per token and grouped by leaf, whatever the batch size picks (n not a multiple of 4: the
-    grouped schedule descends four tokens at a time and the rest one by one)."""
+    """Per token and grouped by subtree, whatever the batch size picks (subtrees of 1 to 5 levels
+    here; n not a multiple of 4: both phases of the grouped schedule descend four tokens at a time
+    and the rest one by one)."""
     layer = random_layer(H, D, L, "gelu", seed=n + D).eval()
     x = torch.randn(n, H)
     p = [t.detach() for t in (layer.node_weight, layer.node_bias, layer.w1, layer.b1, layer.w2, layer.leaf_bias, layer.out_bias)]
