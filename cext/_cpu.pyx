@@ -110,9 +110,9 @@ cdef int _grouped(const float *x, float *out, int64_t n, int64_t H, int D, int L
     return 0
 
 # Batches of at least this many tokens per leaf take the grouped schedule: timed side by side at
-# depth 11, H=768 on 2 threads (ms, grouped vs per token), 512 tokens: 0.74 vs 0.67, 1024: 1.71
-# vs 2.08, 2048: 2.93 vs 3.66.
-GROUP_MIN_TOKENS_PER_LEAF = 0.5
+# depth 11, H=768 on 2 threads (ms, grouped vs per token; order alternated, caches evicted by a
+# dense FFN before each), 256 tokens: 0.49 vs 0.51, 512: 0.89 vs 0.97, 2048: 3.55 vs 4.44.
+GROUP_MIN_TOKENS_PER_LEAF = 0.25
 
 
 def fff_forward(x, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias, str activation, out=None, group=None):
