@@ -13,12 +13,10 @@ fp32 math attention.)
 import time
 
 import torch
-import transformers
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from fffconvert.bench import BenchConfig, _cuda_graph, _routed_layer
-from fffconvert.surgery import empty_fff_model, fff_layers
+from fffconvert.bench import BenchConfig, _cuda_graph, bert_models
 
 FORWARDS = 5
 
@@ -33,15 +31,7 @@ def wall_ms(fn, n=20):
 
 
 def main():
-    config = transformers.BertConfig()
-    torch.manual_seed(0)
-    dense = transformers.BertModel(config).cuda().bfloat16().eval()
-    fff = transformers.BertModel(config)
-    empty_fff_model(fff, 11, 2)
-    for layer in fff_layers(fff):  # routing spread over all leaves, as in a trained model
-        layer.load_state_dict(_routed_layer(BenchConfig(), torch.float32).state_dict())
-    fff = fff.cuda().bfloat16().eval()
-    ids = torch.randint(1000, 30000, (64, 128), device="cuda")
+    dense, fff, ids = bert_models(BenchConfig(device="cuda", dtype="bfloat16", batch=64, seq_len=128))
     calls = {"dense": lambda: dense(input_ids=ids), "fff": lambda: fff(input_ids=ids)}
     with torch.inference_mode():
         for fn in calls.values():

@@ -107,7 +107,9 @@ def bench_layer(cfg: BenchConfig) -> list[dict]:
     return rows
 
 
-def bench_model(cfg: BenchConfig) -> dict:
+def bert_models(cfg: BenchConfig):
+    """A BERT-shaped model with random weights, the same model with every FFN converted (routing
+    spread over all leaves), both on cfg's device and dtype in eval mode, and input_ids."""
     import transformers
 
     dtype = DTYPES[cfg.dtype]
@@ -121,7 +123,11 @@ def bench_model(cfg: BenchConfig) -> dict:
         layer.load_state_dict(_routed_layer(cfg, torch.float32).state_dict())
     fff = fff.to(cfg.device, dtype).eval()
     ids = torch.randint(1000, config.vocab_size, (cfg.batch, cfg.seq_len), device=cfg.device)
-    return {"batch": cfg.batch, "seq_len": cfg.seq_len, "layers": cfg.layers, **time_models(dense, fff, ids, cfg)}
+    return dense, fff, ids
+
+
+def bench_model(cfg: BenchConfig) -> dict:
+    return {"batch": cfg.batch, "seq_len": cfg.seq_len, "layers": cfg.layers, **time_models(*bert_models(cfg), cfg)}
 
 
 def time_models(dense, fff, ids, cfg: BenchConfig) -> dict:

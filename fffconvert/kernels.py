@@ -93,20 +93,17 @@ def hard_forward(layer, x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return layer.hard_forward(x)
     p = layer._parameters  # direct dict access: nn.Module.__getattr__ costs a microsecond a name
-    if torch.compiler.is_compiling():
-        if not _has_kernel(x.device.type, x.dtype) or x.dtype != p["w1"].dtype:
-            return layer.hard_forward(x)
-        y = fff_forward_op(x.reshape(-1, x.shape[-1]).contiguous(), p["node_weight"], p["node_bias"], p["w1"],
-                           p["b1"], p["w2"], p["leaf_bias"], p["out_bias"], layer.activation)
-        return y.view(x.shape)
-    ext = kernel_for(x)
-    if ext is None or x.dtype != p["w1"].dtype:
+    compiling = torch.compiler.is_compiling()
+    ext = _has_kernel(x.device.type, x.dtype) if compiling else kernel_for(x)
+    if not ext or x.dtype != p["w1"].dtype:
         return layer.hard_forward(x)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    out = _output_for(layer, x2)
-    ext.fff_forward(x2, p["node_weight"], p["node_bias"], p["w1"], p["b1"], p["w2"], p["leaf_bias"],
-                    p["out_bias"], layer.activation, out=out)
-    return out.view(x.shape)
+    weights = (p["node_weight"], p["node_bias"], p["w1"], p["b1"], p["w2"], p["leaf_bias"], p["out_bias"])
+    if compiling:  # one opaque operator in the traced graph
+        y = fff_forward_op(x2, *weights, layer.activation)
+    else:
+        y = ext.fff_forward(x2, *weights, layer.activation, out=_output_for(layer, x2))
+    return y.view(x.shape)
 
 
 _use_count = getattr(torch._C, "_storage_Use_Count", None)

@@ -26,7 +26,7 @@ from augment import augment  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split, score  # noqa: E402
 
 import fffconvert  # noqa: E402
-from fffconvert.bench import BenchConfig, bench_layer, time_models  # noqa: E402
+from fffconvert.bench import DTYPES, BenchConfig, bench_layer, time_models  # noqa: E402
 from fffconvert.convert import FFFConfig  # noqa: E402
 from fffconvert.distill import DistillConfig, E2EConfig, distill_model, routing_agreement, soft_routing  # noqa: E402
 from fffconvert.io import embedded_model_path  # noqa: E402
@@ -88,7 +88,7 @@ def measure_speed(dense, fff, cfg_layer: dict, device, batch, seq_len) -> dict:
     bc = BenchConfig(device=device.split(":")[0], dtype="bfloat16" if "cuda" in device else "float32",
                      tokens=[batch * seq_len], repeats=10, model=False, **cfg_layer)
     layer = bench_layer(bc)[0]
-    dtype = torch.bfloat16 if "cuda" in device else torch.float32
+    dtype = DTYPES[bc.dtype]
     d, f = copy.deepcopy(dense).to(device, dtype).eval(), fff.to(device, dtype).eval()  # fff: its last use
     ids = torch.randint(1000, dense.config.vocab_size, (batch, seq_len), device=device)
     t = time_models(d, f, ids, bc)
