@@ -4,7 +4,7 @@
 Two schedules, both reading the weights in place, releasing the GIL for the whole batch and
 allocating nothing per token:
 - per token (small batches): each thread takes runs of four tokens, which descend the tree
-  together, then run their leaves in an L1 scratch row and stream the results to their rows;
+  together, then run their four leaves together and stream the results to their rows;
 - grouped by subtree (large batches): first every token descends the top of the tree (its rows
   stay in cache), to the root of a subtree whose rows, nodes and leaves, fit in L2; then, subtree
   by subtree, that subtree's tokens finish the descent and run their leaves. Each row below the
@@ -20,39 +20,38 @@ cdef extern from "<stdlib.h>" nogil:
     void *aligned_alloc(size_t alignment, size_t size)
 
 cdef extern from "fff_simd.h" nogil:
-    long fff_descend(const float *xt, long H, int levels, long node, const float *node_w, const float *node_b)
-    void fff_route4(const float *x0, long H, int levels, const float *node_w, const float *node_b, int *reached)
-    void fff_subtree(const float *x, float *out, float *acc, const long *idx, long n, long root, int levels,
+    void fff_route4(const float *x0, int m, long H, int levels, const float *node_w, const float *node_b,
+                    int *reached)
+    void fff_subtree(const float *x, float *out, float *scratch, const long *idx, long n, long root, int levels,
                      long H, int D, int L, const float *node_w, const float *node_b, const float *w1,
                      const float *b1, const float *w2, const float *leaf_b, const float *out_b, int act)
-    void fff_leaf(const float *xt, float *yt, float *acc, long H, int L, long k, const float *w1,
-                  const float *b1, const float *w2, const float *leaf_b, const float *out_b, int act)
     void fff_store_fence()
 
 ACTIVATION_CODES = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}
 
 
-cdef float *_scratch(int64_t H) noexcept nogil:
-    return <float *> aligned_alloc(64, ((H * sizeof(float) + 63) // 64) * 64)
+cdef float *_scratch(int64_t H, int L) noexcept nogil:
+    """A thread's scratch for fff_subtree: a row of H floats and 4 L more, 64-byte aligned."""
+    return <float *> aligned_alloc(64, (((H + 8 + 4 * L) * sizeof(float) + 63) // 64) * 64)
 
 
 cdef int _per_token(const float *x, float *out, int64_t n, int64_t H, int D, int L,
                     const float *node_w, const float *node_b, const float *w1, const float *b1,
                     const float *w2, const float *leaf_b, const float *out_b, int act, int threads) noexcept nogil:
     cdef int64_t t
-    cdef float *acc
+    cdef float *scratch
     cdef long *idx = <long *> malloc(max(n, 1) * sizeof(long))
     if idx == NULL:
         return -1
     for t in range(n):
         idx[t] = t
     with parallel(num_threads=threads):
-        acc = _scratch(H)  # one per thread, not per token
+        scratch = _scratch(H, L)  # one per thread, not per token
         for t in prange((n + 3) // 4, schedule="static"):  # four tokens at a time, as in a subtree
-            fff_subtree(x, out, acc, idx + 4 * t, min(4, n - 4 * t), 0, D, H, D, L, node_w, node_b,
+            fff_subtree(x, out, scratch, idx + 4 * t, min(4, n - 4 * t), 0, D, H, D, L, node_w, node_b,
                         w1, b1, w2, leaf_b, out_b, act)
         fff_store_fence()
-        free(acc)
+        free(scratch)
     free(idx)
     return 0
 
@@ -76,19 +75,16 @@ cdef int _grouped(const float *x, float *out, int64_t n, int64_t H, int D, int L
     cdef int S = _subtree_levels(D, H, L)
     cdef int T = D - S  # levels descended before grouping
     cdef int64_t t, i, g, G = 1 << T
-    cdef float *acc
+    cdef float *scratch
     cdef int32_t *group = <int32_t *> malloc(n * sizeof(int32_t))
     cdef long *order = <long *> malloc(n * sizeof(long))
     cdef int64_t *start = <int64_t *> calloc(G + 1, sizeof(int64_t))
     if group == NULL or order == NULL or start == NULL:
         free(group); free(order); free(start)
         return -1
-    cdef int64_t quads = n // 4
     with parallel(num_threads=threads):
-        for i in prange(quads, schedule="static"):
-            fff_route4(x + 4 * i * H, H, T, node_w, node_b, <int *> group + 4 * i)
-    for t in range(4 * quads, n):
-        group[t] = <int32_t> (fff_descend(x + t * H, H, T, 0, node_w, node_b) - (G - 1))
+        for i in prange((n + 3) // 4, schedule="static"):
+            fff_route4(x + 4 * i * H, min(4, n - 4 * i), H, T, node_w, node_b, <int *> group + 4 * i)
     for t in range(n):  # counting sort of the tokens by subtree: start[g] .. start[g+1] are g's
         start[group[t] + 1] += 1
     for g in range(G):
@@ -100,12 +96,12 @@ cdef int _grouped(const float *x, float *out, int64_t n, int64_t H, int D, int L
         start[g] = start[g - 1]
     start[0] = 0
     with parallel(num_threads=threads):
-        acc = _scratch(H)
+        scratch = _scratch(H, L)
         for g in prange(G, schedule="dynamic", chunksize=1):
-            fff_subtree(x, out, acc, order + start[g], start[g + 1] - start[g], G - 1 + g, S, H, D, L,
+            fff_subtree(x, out, scratch, order + start[g], start[g + 1] - start[g], G - 1 + g, S, H, D, L,
                         node_w, node_b, w1, b1, w2, leaf_b, out_b, act)
         fff_store_fence()
-        free(acc)
+        free(scratch)
     free(group); free(order); free(start)
     return 0
 
@@ -113,6 +109,17 @@ cdef int _grouped(const float *x, float *out, int64_t n, int64_t H, int D, int L
 # depth 11, H=768 on 2 threads (ms, grouped vs per token; order alternated, caches evicted by a
 # dense FFN before each), 256 tokens: 0.49 vs 0.51, 512: 0.89 vs 0.97, 2048: 3.55 vs 4.44.
 GROUP_MIN_TOKENS_PER_LEAF = 0.25
+
+
+cdef object F32 = torch.float32
+
+
+cdef uintptr_t _data(t, str name) except? 0:
+    """t's data pointer, once t is checked to be a contiguous float32 CPU tensor. (Each check is a
+    Python attribute call; this runs for nine tensors per layer per forward, so it asks the cheap ones.)"""
+    if t.dtype is not F32 or not t.is_cpu or not t.is_contiguous():
+        raise ValueError(f"fff_forward: {name} must be a contiguous float32 CPU tensor")
+    return t.data_ptr()
 
 
 def fff_forward(x, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias, str activation, out=None, group=None):
@@ -123,18 +130,14 @@ def fff_forward(x, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias, str 
     cdef int D = (node_weight.shape[0] + 1).bit_length() - 1
     cdef int L = w1.shape[1]
     cdef int threads = max(1, min(torch.get_num_threads(), (n + 63) // 64))  # >= 64 tokens a thread
-    for name, t in (("node_weight", node_weight), ("node_bias", node_bias), ("w1", w1), ("b1", b1),
-                    ("w2", w2), ("leaf_bias", leaf_bias), ("out_bias", out_bias), ("x", x)):
-        if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
-            raise ValueError(f"fff_forward: {name} must be a contiguous float32 CPU tensor")
+    cdef uintptr_t px = _data(x, "x"), pnw = _data(node_weight, "node_weight"), pnb = _data(node_bias, "node_bias")
+    cdef uintptr_t pw1 = _data(w1, "w1"), pb1 = _data(b1, "b1"), pw2 = _data(w2, "w2")
+    cdef uintptr_t plb = _data(leaf_bias, "leaf_bias"), pob = _data(out_bias, "out_bias")
     if out is None:
         out = torch.empty_like(x)
-    elif out.shape != x.shape or out.dtype != torch.float32 or not out.is_contiguous():
+    elif out.shape != x.shape:
         raise ValueError("fff_forward: out must be a contiguous float32 tensor shaped like x")
-    cdef uintptr_t px = x.data_ptr(), po = out.data_ptr()
-    cdef uintptr_t pnw = node_weight.data_ptr(), pnb = node_bias.data_ptr()
-    cdef uintptr_t pw1 = w1.data_ptr(), pb1 = b1.data_ptr(), pw2 = w2.data_ptr()
-    cdef uintptr_t plb = leaf_bias.data_ptr(), pob = out_bias.data_ptr()
+    cdef uintptr_t po = _data(out, "out")
     cdef int act = ACTIVATION_CODES[activation]
     cdef int status = 0
     cdef bint grouped = n >= GROUP_MIN_TOKENS_PER_LEAF * (1 << D) if group is None else group

@@ -1,5 +1,6 @@
-/* Inner loops of the CPU kernel. Written in C so that `#pragma omp simd` can vectorize the
- * reduction (gcc will not reorder a float sum without it, and -ffast-math would change more). */
+/* Inner loops of the CPU kernel, in C with GCC vector types: every loop works on four tokens at
+ * once, whose four dot products are four independent vector accumulators (gcc would not reorder
+ * one float sum into several without -ffast-math, and one accumulator waits on the add latency). */
 #ifndef FFF_SIMD_H
 #define FFF_SIMD_H
 #include <math.h>
@@ -12,35 +13,6 @@ enum { ACT_GELU = 0, ACT_GELU_TANH = 1, ACT_RELU = 2, ACT_SILU = 3 };
 /* 8 floats; with -march=native this is one AVX2 register (two SSE or NEON ones elsewhere). */
 typedef float fff_v8 __attribute__((vector_size(32), aligned(4), may_alias));
 
-/* Dot product with four independent vector accumulators: a single accumulator would wait on
- * the add latency every 8 floats, which measured 3x slower on the dense-shaped rows we read. */
-static inline float fff_dot(const float *__restrict a, const float *__restrict b, long n) {
-    fff_v8 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
-    long i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 += *(const fff_v8 *)(a + i) * *(const fff_v8 *)(b + i);
-        s1 += *(const fff_v8 *)(a + i + 8) * *(const fff_v8 *)(b + i + 8);
-        s2 += *(const fff_v8 *)(a + i + 16) * *(const fff_v8 *)(b + i + 16);
-        s3 += *(const fff_v8 *)(a + i + 24) * *(const fff_v8 *)(b + i + 24);
-    }
-    fff_v8 v = (s0 + s1) + (s2 + s3);
-    float s = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-/* y = a + b */
-static inline void fff_add(const float *__restrict a, const float *__restrict b, float *__restrict y, long n) {
-#pragma omp simd
-    for (long i = 0; i < n; i++) y[i] = a[i] + b[i];
-}
-
-/* y += a * x */
-static inline void fff_axpy(float a, const float *__restrict x, float *__restrict y, long n) {
-#pragma omp simd
-    for (long i = 0; i < n; i++) y[i] += a * x[i];
-}
-
 static inline float fff_act(float x, int kind) {
     switch (kind) {
     case ACT_GELU: return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
@@ -50,35 +22,11 @@ static inline float fff_act(float x, int kind) {
     }
 }
 
-/* y = a + h * x, written with streaming stores: the output row is not read first (no
- * read-for-ownership) and does not evict the weights from the cache. */
-static inline void fff_axpy_stream(float h, const float *__restrict x, const float *__restrict a,
-                                   float *__restrict y, long n) {
-    long i = 0;
-#ifdef __AVX__
-    if (((unsigned long)y & 31) == 0) {
-        for (; i + 8 <= n; i += 8) {
-            fff_v8 v = *(const fff_v8 *)(a + i) + h * *(const fff_v8 *)(x + i);
-            _mm256_stream_ps(y + i, (__m256)v);
-        }
-    }
-#endif
-    for (; i < n; i++) y[i] = a[i] + h * x[i];
-}
-
 /* Streaming stores are weakly ordered: fence them before the results are handed on. */
 static inline void fff_store_fence(void) {
 #ifdef __AVX__
     _mm_sfence();
 #endif
-}
-
-/* Node reached from `node` (breadth-first index: children 2n+1, 2n+2) after `levels` decisions. */
-static inline long fff_descend(const float *xt, long H, int levels, long node, const float *node_w,
-                               const float *node_b) {
-    for (int d = 0; d < levels; d++)
-        node = 2 * node + (fff_dot(xt, node_w + node * H, H) + node_b[node] > 0.f ? 2 : 1);
-    return node;
 }
 
 /* Four tokens descended together from nodes nd[0..3], which they leave at the nodes reached:
@@ -102,50 +50,82 @@ static inline void fff_descend4(const float *const *x, long H, int levels, const
     }
 }
 
-/* For the four consecutive tokens at x0: the index, within its level, of the node each reaches
- * after `levels` decisions from the root (with levels = D: the leaf). */
-static inline void fff_route4(const float *x0, long H, int levels, const float *node_w, const float *node_b,
-                              int *reached) {
-    const float *x[4] = {x0, x0 + H, x0 + 2 * H, x0 + 3 * H};
+/* For the m <= 4 consecutive tokens at x0: the index, within its level, of the node each reaches
+ * after `levels` decisions from the root (with levels = D: the leaf). Fewer than four tokens are
+ * padded with copies of the last one. */
+static inline void fff_route4(const float *x0, int m, long H, int levels, const float *node_w,
+                              const float *node_b, int *reached) {
+    const float *x[4];
     long nd[4] = {0, 0, 0, 0};
+    for (int j = 0; j < 4; j++) x[j] = x0 + (j < m ? j : m - 1) * H;
     fff_descend4(x, H, levels, node_w, node_b, nd);
-    for (int j = 0; j < 4; j++) reached[j] = (int)(nd[j] - ((1L << levels) - 1));
+    for (int j = 0; j < m; j++) reached[j] = (int)(nd[j] - ((1L << levels) - 1));
 }
 
-/* Leaf k's output for one token, streamed to yt. `acc` is an H-float scratch row of the calling
- * thread (stays in L1). */
-static inline void fff_leaf(const float *xt, float *yt, float *acc, long H, int L, long k, const float *w1,
-                            const float *b1, const float *w2, const float *leaf_b, const float *out_b, int act) {
-    fff_add(leaf_b + k * H, out_b, acc, H);
-    for (int j = 0; j < L; j++) {
-        float h = fff_act(fff_dot(xt, w1 + (k * L + j) * H, H) + b1[k * L + j], act);
-        if (j + 1 < L)
-            fff_axpy(h, w2 + (k * L + j) * H, acc, H);
-        else
-            fff_axpy_stream(h, w2 + (k * L + j) * H, acc, yt, H);
+/* The leaves of four tokens (token j: input xs[j], leaf ks[j], output streamed to ys[j]). As in
+ * the descent, the four tokens' rows are read together so that their misses overlap; each output
+ * row is then formed in one pass over its leaf's bias and w2 rows. `h` holds 4 L floats. */
+static inline void fff_leaf4(const float *const *xs, float *const *ys, const long *ks, long H, int L,
+                             const float *w1, const float *b1, const float *w2, const float *leaf_b,
+                             const float *out_b, int act, float *h) {
+    for (int l = 0; l < L; l++) {
+        const float *w[4];
+        fff_v8 s[4] = {{0}, {0}, {0}, {0}};
+        for (int j = 0; j < 4; j++) w[j] = w1 + (ks[j] * L + l) * H;
+        long i = 0;
+        for (; i + 8 <= H; i += 8)
+            for (int j = 0; j < 4; j++) s[j] += *(const fff_v8 *)(xs[j] + i) * *(const fff_v8 *)(w[j] + i);
+        for (int j = 0; j < 4; j++) {
+            fff_v8 v = s[j];
+            float z = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+            for (long r = i; r < H; r++) z += xs[j][r] * w[j][r];
+            h[j * L + l] = fff_act(z + b1[ks[j] * L + l], act);
+        }
+    }
+    /* One output row at a time: streaming four rows at once measured 1.6x slower (the core's
+     * write-combining buffers are few). */
+    for (int j = 0; j < 4; j++) {
+        const float *a2 = leaf_b + ks[j] * H, *v2 = w2 + ks[j] * L * H, *hj = h + j * L;
+        float *y = ys[j];
+        long i = 0;
+#ifdef __AVX__
+        if (((unsigned long)y & 31) == 0) /* streaming stores: no read-for-ownership of the row */
+            for (; i + 8 <= H; i += 8) {
+                fff_v8 a = *(const fff_v8 *)(a2 + i) + *(const fff_v8 *)(out_b + i);
+                for (int l = 0; l < L; l++) a += hj[l] * *(const fff_v8 *)(v2 + l * H + i);
+                _mm256_stream_ps(y + i, (__m256)a);
+            }
+#endif
+        for (; i < H; i++) {
+            float a = a2[i] + out_b[i];
+            for (int l = 0; l < L; l++) a += hj[l] * v2[l * H + i];
+            y[i] = a;
+        }
     }
 }
 
 /* The tokens idx[0..n) of one subtree, whose root is node `root`, `levels` above the leaves:
- * descend the rest of the way four tokens at a time, then run each token's leaf. The subtree's
- * rows are read from memory once and then served from cache to all of its tokens. */
-static inline void fff_subtree(const float *x, float *out, float *acc, const long *idx, long n, long root,
+ * four tokens at a time descend the rest of the way and run their leaves (a last group of fewer
+ * is padded with copies of its last token, whose outputs go to the scratch row `pad`). The
+ * subtree's rows are read from memory once and then served from cache to all of its tokens.
+ * `scratch` holds H + 4 L floats, 32-byte aligned. */
+static inline void fff_subtree(const float *x, float *out, float *scratch, const long *idx, long n, long root,
                                int levels, long H, int D, int L, const float *node_w, const float *node_b,
                                const float *w1, const float *b1, const float *w2, const float *leaf_b,
                                const float *out_b, int act) {
-    long first_leaf = (1L << D) - 1, i = 0;
-    for (; i + 4 <= n; i += 4) {
+    long first_leaf = (1L << D) - 1;
+    for (long i = 0; i < n; i += 4) {
         const float *xs[4];
+        float *ys[4];
         long nd[4] = {root, root, root, root};
-        for (int j = 0; j < 4; j++) xs[j] = x + idx[i + j] * H;
+        for (int j = 0; j < 4; j++) {
+            int real = i + j < n;
+            xs[j] = x + idx[real ? i + j : n - 1] * H;
+            ys[j] = real ? out + idx[i + j] * H : scratch;
+        }
         fff_descend4(xs, H, levels, node_w, node_b, nd);
-        for (int j = 0; j < 4; j++)
-            fff_leaf(xs[j], out + idx[i + j] * H, acc, H, L, nd[j] - first_leaf, w1, b1, w2, leaf_b, out_b, act);
-    }
-    for (; i < n; i++) {
-        const float *xt = x + idx[i] * H;
-        long k = fff_descend(xt, H, levels, root, node_w, node_b) - first_leaf;
-        fff_leaf(xt, out + idx[i] * H, acc, H, L, k, w1, b1, w2, leaf_b, out_b, act);
+        for (int j = 0; j < 4; j++) nd[j] -= first_leaf;
+        fff_leaf4(xs, ys, nd, H, L, w1, b1, w2, leaf_b, out_b, act, scratch + ((H + 7) & ~7L));
     }
 }
 #endif

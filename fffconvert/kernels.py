@@ -53,13 +53,12 @@ def kernel_for(x: torch.Tensor):
     """The compiled module that will run a hard forward on x, or None for the reference."""
     if os.environ.get("FFFCONVERT_KERNELS") == "torch":
         return None
-    device = x.device.type
-    if device == "cpu":
+    if x.is_cpu:  # (is_cpu and is_cuda: a tenth of the time of x.device.type)
         if isinstance(_cpu, ImportError):
             _warn_once("cpu", f"fffconvert CPU kernel not built ({_cpu}); using the PyTorch reference")
             return None
         return _cpu if x.dtype in CPU_DTYPES else None
-    if device == "cuda":
+    if x.is_cuda:
         ext = _cuda_ext()
         if isinstance(ext, ImportError):
             _warn_once("cuda", f"fffconvert CUDA kernel not available ({ext}); using the PyTorch reference")
@@ -97,13 +96,14 @@ def hard_forward(layer, x: torch.Tensor) -> torch.Tensor:
     ext = _has_kernel(x.device.type, x.dtype) if compiling else kernel_for(x)
     if not ext or x.dtype != p["w1"].dtype:
         return layer.hard_forward(x)
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1]).contiguous()
     weights = (p["node_weight"], p["node_bias"], p["w1"], p["b1"], p["w2"], p["leaf_bias"], p["out_bias"])
     if compiling:  # one opaque operator in the traced graph
         y = fff_forward_op(x2, *weights, layer.activation)
     else:
         y = ext.fff_forward(x2, *weights, layer.activation, out=_output_for(layer, x2))
-    return y.view(x.shape)
+    return y.view(*shape)  # (unpacked: parsing a torch.Size argument costs 2 us more)
 
 
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
@@ -118,9 +118,9 @@ def _output_for(layer, x2):
     (glibc maps large blocks anew on every allocation). The view is made before the kernel runs,
     so a second thread calling the same layer sees the buffer in use and allocates its own.
     """
-    if x2.device.type != "cpu" or _use_count is None or x2.numel() * x2.element_size() < REUSE_BYTES:
+    if not x2.is_cpu or _use_count is None or x2.numel() * x2.element_size() < REUSE_BYTES:
         return torch.empty_like(x2)
     buf = layer.__dict__.get("_out_buf")
     if buf is None or buf.shape != x2.shape or buf.dtype != x2.dtype or _use_count(buf.untyped_storage()._cdata) != 2:
         buf = layer.__dict__["_out_buf"] = torch.empty_like(x2)  # 2 above: buf + the storage object of the check
-    return buf.view(buf.shape)
+    return buf.view_as(buf)

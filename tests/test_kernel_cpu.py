@@ -28,8 +28,7 @@ def test_kernel_matches_reference(act, H, D, L, n):
 @pytest.mark.parametrize("group", [False, True])
 def test_both_schedules_match_reference(H, D, L, n, group):
     """Per token and grouped by subtree, whatever the batch size picks (subtrees of 1 to 5 levels
-    here; n not a multiple of 4: both phases of the grouped schedule descend four tokens at a time
-    and the rest one by one)."""
+    here; n not a multiple of 4: both schedules work four tokens at a time and pad the last group)."""
     layer = random_layer(H, D, L, "gelu", seed=n + D).eval()
     x = torch.randn(n, H)
     p = [t.detach() for t in (layer.node_weight, layer.node_bias, layer.w1, layer.b1, layer.w2, layer.leaf_bias, layer.out_bias)]
