@@ -106,9 +106,10 @@ cdef int _grouped(const float *x, float *out, int64_t n, int64_t H, int D, int L
     return 0
 
 # Batches of at least this many tokens per leaf take the grouped schedule: timed side by side at
-# depth 11, H=768 on 2 threads (ms, grouped vs per token; order alternated, caches evicted by a
-# dense FFN before each), 256 tokens: 0.49 vs 0.51, 512: 0.89 vs 0.97, 2048: 3.55 vs 4.44.
-GROUP_MIN_TOKENS_PER_LEAF = 0.25
+# depth 11, H=768 on 2 threads (ms, per token vs grouped; order alternated, caches evicted by a
+# dense FFN before each, 21 rounds), 512 tokens: 0.57 vs 0.80, 1024: 1.30 vs 1.43, 1536: 2.14 vs
+# 2.06, 2048: 3.06 vs 2.60.
+GROUP_MIN_TOKENS_PER_LEAF = 0.75
 
 
 cdef object F32 = torch.float32
