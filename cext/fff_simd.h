@@ -82,8 +82,8 @@ static inline void fff_leaf4(const float *const *xs, float *const *ys, const lon
             h[j * L + l] = fff_act(z + b1[ks[j] * L + l], act);
         }
     }
-    /* One output row at a time: streaming four rows at once measured 1.6x slower (the core's
-     * write-combining buffers are few). */
+    /* One output row at a time: streaming four rows at once measured 1.6x slower (likely too few
+     * write-combining buffers). */
     for (int j = 0; j < 4; j++) {
         const float *a2 = leaf_b + ks[j] * H, *v2 = w2 + ks[j] * L * H, *hj = h + j * L;
         float *y = ys[j];
