@@ -31,7 +31,7 @@ ACTIVATION_CODES = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}
 
 
 cdef float *_scratch(int64_t H, int L) noexcept nogil:
-    """A thread's scratch for fff_subtree: a row of H floats and 4 L more, 64-byte aligned."""
+    """A thread's scratch for fff_subtree: H + 8 + 4 L floats, 64-byte aligned."""
     return <float *> aligned_alloc(64, (((H + 8 + 4 * L) * sizeof(float) + 63) // 64) * 64)
 
 

@@ -106,9 +106,9 @@ static inline void fff_leaf4(const float *const *xs, float *const *ys, const lon
 
 /* The tokens idx[0..n) of one subtree, whose root is node `root`, `levels` above the leaves:
  * four tokens at a time descend the rest of the way and run their leaves (a last group of fewer
- * is padded with copies of its last token, whose outputs go to the scratch row `pad`). The
+ * is padded with copies of its last token, whose outputs go to the start of `scratch`). The
  * subtree's rows are read from memory once and then served from cache to all of its tokens.
- * `scratch` holds H + 4 L floats, 32-byte aligned. */
+ * `scratch` holds H + 8 + 4 L floats, 32-byte aligned: a row, then leaf4's h. */
 static inline void fff_subtree(const float *x, float *out, float *scratch, const long *idx, long n, long root,
                                int levels, long H, int D, int L, const float *node_w, const float *node_b,
                                const float *w1, const float *b1, const float *w2, const float *leaf_b,
