@@ -29,24 +29,29 @@ static inline void fff_store_fence(void) {
 #endif
 }
 
-/* Four tokens descended together from nodes nd[0..3], which they leave at the nodes reached:
- * each level's four row reads are independent and overlap in the memory system, where one
- * token's reads wait on each other's dot products. */
+/* z[j] = x[j] . w[j] for four pairs of H-vectors, read together: their misses overlap in the memory
+ * system, where one token's reads would wait on each other's dot products. */
+static inline void fff_dot4(const float *const *x, const float *const *w, long H, float *z) {
+    fff_v8 s[4] = {{0}, {0}, {0}, {0}};
+    long i = 0;
+    for (; i + 8 <= H; i += 8)
+        for (int j = 0; j < 4; j++) s[j] += *(const fff_v8 *)(x[j] + i) * *(const fff_v8 *)(w[j] + i);
+    for (int j = 0; j < 4; j++) {
+        fff_v8 v = s[j];
+        z[j] = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+        for (long r = i; r < H; r++) z[j] += x[j][r] * w[j][r];
+    }
+}
+
+/* Four tokens descended together from nodes nd[0..3], which they leave at the nodes reached. */
 static inline void fff_descend4(const float *const *x, long H, int levels, const float *node_w,
                                 const float *node_b, long *nd) {
     for (int d = 0; d < levels; d++) {
         const float *w[4];
-        fff_v8 s[4] = {{0}, {0}, {0}, {0}};
+        float z[4];
         for (int j = 0; j < 4; j++) w[j] = node_w + nd[j] * H;
-        long i = 0;
-        for (; i + 8 <= H; i += 8)
-            for (int j = 0; j < 4; j++) s[j] += *(const fff_v8 *)(x[j] + i) * *(const fff_v8 *)(w[j] + i);
-        for (int j = 0; j < 4; j++) {
-            fff_v8 v = s[j];
-            float z = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-            for (long r = i; r < H; r++) z += x[j][r] * w[j][r];
-            nd[j] = 2 * nd[j] + (z + node_b[nd[j]] > 0.f ? 2 : 1);
-        }
+        fff_dot4(x, w, H, z);
+        for (int j = 0; j < 4; j++) nd[j] = 2 * nd[j] + (z[j] + node_b[nd[j]] > 0.f ? 2 : 1);
     }
 }
 
@@ -62,25 +67,18 @@ static inline void fff_route4(const float *x0, int m, long H, int levels, const 
     for (int j = 0; j < m; j++) reached[j] = (int)(nd[j] - ((1L << levels) - 1));
 }
 
-/* The leaves of four tokens (token j: input xs[j], leaf ks[j], output streamed to ys[j]). As in
- * the descent, the four tokens' rows are read together so that their misses overlap; each output
- * row is then formed in one pass over its leaf's bias and w2 rows. `h` holds 4 L floats. */
+/* The leaves of four tokens (token j: input xs[j], leaf ks[j], output streamed to ys[j]): the
+ * neurons' dot products four tokens at a time, as in the descent, then each output row in one pass
+ * over its leaf's bias and w2 rows. `h` holds 4 L floats. */
 static inline void fff_leaf4(const float *const *xs, float *const *ys, const long *ks, long H, int L,
                              const float *w1, const float *b1, const float *w2, const float *leaf_b,
                              const float *out_b, int act, float *h) {
     for (int l = 0; l < L; l++) {
         const float *w[4];
-        fff_v8 s[4] = {{0}, {0}, {0}, {0}};
+        float z[4];
         for (int j = 0; j < 4; j++) w[j] = w1 + (ks[j] * L + l) * H;
-        long i = 0;
-        for (; i + 8 <= H; i += 8)
-            for (int j = 0; j < 4; j++) s[j] += *(const fff_v8 *)(xs[j] + i) * *(const fff_v8 *)(w[j] + i);
-        for (int j = 0; j < 4; j++) {
-            fff_v8 v = s[j];
-            float z = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-            for (long r = i; r < H; r++) z += xs[j][r] * w[j][r];
-            h[j * L + l] = fff_act(z + b1[ks[j] * L + l], act);
-        }
+        fff_dot4(xs, w, H, z);
+        for (int j = 0; j < 4; j++) h[j * L + l] = fff_act(z[j] + b1[ks[j] * L + l], act);
     }
     /* One output row at a time: streaming four rows at once measured 1.6x slower (likely too few
      * write-combining buffers). */
