@@ -38,8 +38,9 @@ static inline void fff_dot4(const float *const *x, const float *const *w, long H
         for (int j = 0; j < 4; j++) s[j] += *(const fff_v8 *)(x[j] + i) * *(const fff_v8 *)(w[j] + i);
     for (int j = 0; j < 4; j++) {
         fff_v8 v = s[j];
-        z[j] = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-        for (long r = i; r < H; r++) z[j] += x[j][r] * w[j][r];
+        float t = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+        for (long r = i; r < H; r++) t += x[j][r] * w[j][r];  /* H not a multiple of 8 */
+        z[j] = t;
     }
 }
 

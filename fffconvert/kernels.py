@@ -53,7 +53,7 @@ def kernel_for(x: torch.Tensor):
     """The compiled module that will run a hard forward on x, or None for the reference."""
     if os.environ.get("FFFCONVERT_KERNELS") == "torch":
         return None
-    if x.is_cpu:  # (is_cpu and is_cuda: a tenth of the time of x.device.type)
+    if x.is_cpu:  # (is_cpu and is_cuda: a fifth of the time of x.device.type)
         if isinstance(_cpu, ImportError):
             _warn_once("cpu", f"fffconvert CPU kernel not built ({_cpu}); using the PyTorch reference")
             return None
