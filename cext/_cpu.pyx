@@ -124,10 +124,14 @@ cdef uintptr_t _data(t, str name) except? 0:
 
 
 def fff_forward(x, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias, str activation, out=None, group=None):
-    """y = FFF(x) for x [N, H] float32 contiguous; all weights float32 contiguous, on the CPU.
-    `out`, if given, is a contiguous float32 [N, H] tensor to write into. `group` forces the
-    leaf-grouped (True) or the per-token (False) schedule; None picks by batch size."""
-    cdef int64_t n = x.shape[0], H = x.shape[1]
+    """y = FFF(x) for x [..., H] float32 contiguous (its rows are the tokens); all weights float32
+    contiguous, on the CPU. `out`, if given, is a contiguous float32 tensor shaped like x to write
+    into. `group` forces the leaf-grouped (True) or the per-token (False) schedule; None picks by
+    batch size."""
+    if x.dim() == 0:
+        raise ValueError("fff_forward: x must be [..., H]")
+    cdef int64_t H = x.size(-1)  # (a method: the module indexes tuples without wraparound)
+    cdef int64_t n = x.numel() // H if H else 0
     cdef int D = (node_weight.shape[0] + 1).bit_length() - 1
     cdef int L = w1.shape[1]
     cdef int threads = max(1, min(torch.get_num_threads(), (n + 63) // 64))  # >= 64 tokens a thread

@@ -17,8 +17,8 @@ torch::Tensor fff_forward(const torch::Tensor& x, const torch::Tensor& node_weig
                           const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
                           const torch::Tensor& leaf_bias, const torch::Tensor& out_bias, const std::string& activation,
                           c10::optional<torch::Tensor> out) {
-  TORCH_CHECK(x.dim() == 2, "fff_forward: x must be [N, H]");
-  const int64_t H = x.size(1);
+  TORCH_CHECK(x.dim() >= 1, "fff_forward: x must be [..., H]");
+  const int64_t H = x.size(-1);
   const auto n_nodes = node_weight.size(0);
   TORCH_CHECK(n_nodes >= 1 && ((n_nodes + 1) & n_nodes) == 0, "fff_forward: node_weight must have 2^D - 1 rows");
   TORCH_CHECK(node_weight.size(1) == H && w1.size(2) == H && w2.size(2) == H && leaf_bias.size(1) == H &&
@@ -34,7 +34,9 @@ torch::Tensor fff_forward(const torch::Tensor& x, const torch::Tensor& node_weig
   torch::Tensor y = out.has_value() ? *out : torch::empty_like(x);
   TORCH_CHECK(y.sizes() == x.sizes() && y.scalar_type() == x.scalar_type() && y.is_contiguous() &&
                   y.device() == x.device(), "fff_forward: out must be a contiguous tensor like x");
-  fff_forward_cuda(x, y, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias, activation_code(activation));
+  torch::Tensor y2 = y.view({-1, H});  // the kernel sees tokens as rows
+  fff_forward_cuda(x.view({-1, H}), y2, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias,
+                   activation_code(activation));
   return y;
 }
 

@@ -77,7 +77,7 @@ def _has_kernel(device: str, dtype: torch.dtype) -> bool:
 def fff_forward_op(x: torch.Tensor, node_weight: torch.Tensor, node_bias: torch.Tensor, w1: torch.Tensor,
                    b1: torch.Tensor, w2: torch.Tensor, leaf_bias: torch.Tensor, out_bias: torch.Tensor,
                    activation: str) -> torch.Tensor:
-    """The compiled kernel's hard forward of x [N, H] (contiguous) as a PyTorch operator."""
+    """The compiled kernel's hard forward of x [..., H] (contiguous) as a PyTorch operator."""
     return kernel_for(x).fff_forward(x, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias, activation)
 
 
@@ -96,21 +96,18 @@ def hard_forward(layer, x: torch.Tensor) -> torch.Tensor:
     ext = _has_kernel(x.device.type, x.dtype) if compiling else kernel_for(x)
     if not ext or x.dtype != p["w1"].dtype:
         return layer.hard_forward(x)
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1]).contiguous()
+    x = x.contiguous()  # the kernels take [..., H] as it is: no reshaping around them
     weights = (p["node_weight"], p["node_bias"], p["w1"], p["b1"], p["w2"], p["leaf_bias"], p["out_bias"])
     if compiling:  # one opaque operator in the traced graph
-        y = fff_forward_op(x2, *weights, layer.activation)
-    else:
-        y = ext.fff_forward(x2, *weights, layer.activation, out=_output_for(layer, x2))
-    return y.view(*shape)  # (unpacked: parsing a torch.Size argument costs 2 us more)
+        return fff_forward_op(x, *weights, layer.activation)
+    return ext.fff_forward(x, *weights, layer.activation, out=_output_for(layer, x))
 
 
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
 REUSE_BYTES = 4 << 20  # below this, malloc serves from its heap and a new tensor is cheap
 
 
-def _output_for(layer, x2):
+def _output_for(layer, x):
     """An output tensor for the kernel: for large CPU outputs, the memory of the layer's previous
     output when nothing else holds it any more.
 
@@ -118,9 +115,9 @@ def _output_for(layer, x2):
     (glibc maps large blocks anew on every allocation). The view is made before the kernel runs,
     so a second thread calling the same layer sees the buffer in use and allocates its own.
     """
-    if not x2.is_cpu or _use_count is None or x2.numel() * x2.element_size() < REUSE_BYTES:
-        return torch.empty_like(x2)
+    if not x.is_cpu or _use_count is None or x.numel() * x.element_size() < REUSE_BYTES:
+        return torch.empty_like(x)
     buf = layer.__dict__.get("_out_buf")
-    if buf is None or buf.shape != x2.shape or buf.dtype != x2.dtype or _use_count(buf.untyped_storage()._cdata) != 2:
-        buf = layer.__dict__["_out_buf"] = torch.empty_like(x2)  # 2 above: buf + the storage object of the check
+    if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or _use_count(buf.untyped_storage()._cdata) != 2:
+        buf = layer.__dict__["_out_buf"] = torch.empty_like(x)  # 2 above: buf + the storage object of the check
     return buf.view_as(buf)
