@@ -116,3 +116,22 @@ def test_large_outputs_reuse_memory_only_once_released():
         del view, y3
         a = layer(x).data_ptr()
         assert layer(x).data_ptr() == a  # released outputs are reused
+
+
+def test_output_memory_is_reused_only_once_free(monkeypatch):
+    """A layer reuses its previous output's memory (kernels._output_for), but never while that
+    output is still held: then it would overwrite a result the caller still has."""
+    monkeypatch.setattr(kernels, "REUSE_BYTES", 0)  # every output counts as large enough to reuse
+    layer = random_layer(32, 4, 2).eval()
+    xa, xb = torch.randn(2, 7, 32), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        ya = layer(xa)
+        yb = layer(xb)  # ya is still held
+        assert ya.data_ptr() != yb.data_ptr()
+        torch.testing.assert_close(ya, layer.hard_forward(xa), rtol=1e-5, atol=1e-4)
+        freed = yb.data_ptr()
+        del yb
+        yc = layer(xb)
+        assert yc.data_ptr() == freed
+        torch.testing.assert_close(yc, layer.hard_forward(xb), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(ya, layer.hard_forward(xa), rtol=1e-5, atol=1e-4)
