@@ -22,7 +22,7 @@ def main(path, dense_name=None):
     fff = fffconvert.from_pretrained(path)  # a BertModel whose FFNs are FFF trees, hard forward
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     if dense_name is None:
-        from fffconvert.io import embedded_model_path
+        from fffconvert.sources import embedded_model_path
 
         dense_name = embedded_model_path()
     dense = transformers.AutoModel.from_pretrained(dense_name).eval()

@@ -1,16 +1,24 @@
 """fffconvert: turn a dense transformer's FFN blocks into fast feedforward (FFF) trees.
 
-    model = fffconvert.convert(model, fffconvert.FFFConfig(depth=8), texts, tokenizer)
+    model = fffconvert.convert(model, fffconvert.FFFConfig(depth=10), texts, tokenizer)
     fffconvert.save_pretrained(model, "out/m", tokenizer)
-    model = fffconvert.from_pretrained("out/m")
+    model = fffconvert.from_pretrained("out/m")   # or transformers.AutoModel.from_pretrained("out/m")
+
+Importing fffconvert registers the converted model types with transformers' Auto classes.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .convert import FFFConfig, convert  # noqa: E402
 from .distill import DistillConfig  # noqa: E402
+from .e2e import E2EConfig  # noqa: E402
+from .errors import UserError  # noqa: E402
 from .io import from_pretrained, save_pretrained  # noqa: E402
 from .layer import FFF  # noqa: E402
-from .surgery import ARCHITECTURES, ConversionError  # noqa: E402
+from .measures import Pooling  # noqa: E402
+from .modeling import register as _register  # noqa: E402
+from .surgery import ARCHITECTURES  # noqa: E402
 
-__all__ = ["FFF", "FFFConfig", "DistillConfig", "convert", "save_pretrained", "from_pretrained",
-           "ARCHITECTURES", "ConversionError", "__version__"]
+_register()
+
+__all__ = ["FFF", "FFFConfig", "DistillConfig", "E2EConfig", "Pooling", "convert", "save_pretrained", "from_pretrained",
+           "ARCHITECTURES", "UserError", "__version__"]

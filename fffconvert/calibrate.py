@@ -1,30 +1,13 @@
-"""Calibration: read text, and capture what every dense FFN sees on it.
+"""Calibration: capture what every dense FFN sees on the conversion text.
 
 One forward pass of the dense model records the input of each FFN at every real (non-padding)
 token, up to `max_tokens` tokens. That is all that is kept: activations and outputs are recomputed
 from these inputs, one layer at a time, so memory stays at layers x tokens x hidden floats.
 """
-from pathlib import Path
-
 import torch
 from tqdm.auto import tqdm
 
-from .surgery import ConversionError, find_ffns
-
-DEFAULT_CORPUS = Path(__file__).parent / "data" / "calibration.txt"
-
-
-def read_texts(path) -> list[str]:
-    """Non-empty lines of a UTF-8 text file; a clear error for a missing, unreadable or empty one."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConversionError(f"cannot read calibration file {path}: {e.strerror if isinstance(e, OSError) else e}")
-    texts = [t.strip() for t in lines if t.strip()]
-    if not texts:
-        raise ConversionError(f"calibration file {path} has no text")
-    return texts
+from .surgery import find_ffns
 
 
 def tokenize(tokenizer, texts, max_length: int = 128):

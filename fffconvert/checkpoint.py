@@ -1,4 +1,5 @@
-"""Training checkpoints in safetensors (never pickle): model, optimizer and scheduler state.
+"""Checkpoints in safetensors (never pickle): a training run's model, optimizer and scheduler state,
+and a conversion's finished phases.
 
     model.safetensors      the model's weights
     optimizer.safetensors  every tensor of the optimizer state, keyed "<param index>.<name>"
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .io import atomic_folder
+from .atomic import atomic_folder
 
 
 def save_checkpoint(path, model, opt, sched, step: int, losses: list[float]):
@@ -52,3 +53,20 @@ def load_checkpoint(path, model, opt, sched) -> tuple[int, list[float]]:
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     sched.load_state_dict(meta["scheduler"])
     return meta["step"], meta["losses"]
+
+
+def save_stage(path, model, meta: dict):
+    """A finished phase of a conversion: the model's weights and what is needed to rebuild it."""
+    with atomic_folder(path, overwrite=True) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta))
+
+
+def load_stage(path, model, rebuild) -> dict:
+    """Restore a phase saved by save_stage: `rebuild(model, meta["shapes"])` gives the model the
+    saved structure, then the weights are loaded; returns the saved meta."""
+    path = Path(path)
+    meta = json.loads((path / "state.json").read_text())
+    rebuild(model, meta["shapes"])
+    load_model(model, str(path / "model.safetensors"), device=str(next(model.parameters()).device))
+    return meta

@@ -1,8 +1,9 @@
-"""The `fffconvert` command. `fffconvert MODEL ...` converts; `fffconvert bench ...` benchmarks.
+"""The `fffconvert` command: `fffconvert MODEL ...` converts, `fffconvert eval` measures a converted
+model against its source, `fffconvert bench` times FFF against dense.
 
-User mistakes print one `Error: ...` line to stderr and exit with status 2, and nothing is written;
-set FFFCONVERT_DEBUG=1 for the full traceback. Heavy imports happen inside the commands, so
-`--help` is instant.
+Every input is checked before any work or any write. A user mistake prints one `Error: ...` line
+to stderr and exits with status 2, and nothing is written; set FFFCONVERT_DEBUG=1 for the full
+traceback. Heavy imports happen inside the commands, so `--help` is instant.
 """
 import os
 import sys
@@ -12,20 +13,13 @@ import click
 
 EPILOG = """\b
 Examples:
-  fffconvert --depth 8 --output out/minilm-fff        # the embedded MiniLM, offline
+  fffconvert --depth 10 --output out/minilm-fff             # the embedded MiniLM, offline
   fffconvert bert-base-uncased --depth 11 --output out/bert-fff
-  fffconvert path/to/model --depth 8 --leaf-width 4 --calib-data corpus.txt --output out/m
+  fffconvert path/to/model --depth 8 --calib-data corpus.jsonl --text-column text --output out/m
+  fffconvert path/to/model --depth 10 --neurons-per-token 14 --output out/m    # widths chosen per layer
+  fffconvert eval out/m --stsb path/to/glue --json out/m-eval.json
   fffconvert bench --hidden 768 --ffn 3072 --depth 11 --tokens 1,128,2048
 """
-
-
-class DefaultToConvert(click.Group):
-    """`fffconvert MODEL ...` means `fffconvert convert MODEL ...`."""
-
-    def parse_args(self, ctx, args):
-        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h", "--version")):
-            args = ["convert", *args]
-        return super().parse_args(ctx, args)
 
 
 def _fail(message: str):
@@ -33,129 +27,246 @@ def _fail(message: str):
     sys.exit(2)
 
 
-def run_user_errors(fn):
-    """Turn the toolkit's user-facing errors into one line and exit status 2."""
-    def wrapper(*a, **kw):
-        from .surgery import ConversionError
+class CLI(click.Group):
+    """`fffconvert MODEL ...` means `fffconvert convert MODEL ...`; every usage error is one line."""
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h", "--version")):
+            args = ["convert", *args]
+        return super().parse_args(ctx, args)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from .errors import UserError
 
         try:
-            return fn(*a, **kw)
-        except ConversionError as e:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except (click.UsageError, click.BadParameter) as e:
+            _fail(e.format_message())
+        except UserError as e:
             if os.environ.get("FFFCONVERT_DEBUG"):
                 raise
             _fail(str(e))
-    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
-    return wrapper
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
 
 
-@click.group(cls=DefaultToConvert, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+def _ints(minimum: int):
+    """Callback: "10" -> 10, "10,10,8" -> [10, 10, 8] (one per layer); each >= minimum."""
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            values = [int(v) for v in str(value).split(",")]
+        except ValueError:
+            raise click.BadParameter(f"expected an integer or comma-separated integers, got {value!r}")
+        if any(v < minimum for v in values):
+            raise click.BadParameter(f"must be >= {minimum}, got {value}")
+        return values[0] if len(values) == 1 else values
+    return parse
+
+
+def _device(device: str) -> str:
+    import torch
+
+    from .errors import UserError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but torch sees no CUDA GPU")
+    return device
+
+
+DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                      help="auto: the GPU when there is one.")
+
+
+@click.group(cls=CLI, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fffconvert")
 def main():
-    """Convert a dense transformer's FFN blocks into fast feedforward trees, and benchmark them."""
+    """Convert a dense transformer's FFN blocks into fast feedforward trees, measure and benchmark them."""
 
 
 @main.command(epilog=EPILOG)
 @click.argument("model", required=False)
-@click.option("--depth", type=int, required=True, help="Tree depth D: 2^D leaves, D routing rows per token.")
-@click.option("--leaf-width", type=int, default=None, help="Neurons per leaf. Default: ceil(FFN width / 2^D).")
-@click.option("--calib-data", type=click.Path(dir_okay=False), default=None,
-              help="Text file, one text per line, for calibration. Default: the corpus shipped with fffconvert.")
-@click.option("--calib-tokens", type=int, default=65536, show_default=True, help="Calibration tokens per layer.")
-@click.option("--steps", type=int, default=200, show_default=True,
+@click.option("--depth", callback=_ints(1), default="10", show_default=True,
+              help="Tree depth D (2^D leaves, D routing rows per token); comma-separated: one per layer.")
+@click.option("--leaf-width", callback=_ints(1), default=None,
+              help="Neurons per leaf; comma-separated: one per layer. Default: ceil(FFN width / 2^D).")
+@click.option("--neurons-per-token", type=click.FloatRange(min=2), default=None,
+              help="A budget instead of a leaf width: the mean over layers of D + leaf width; the leaf widths "
+                   "go where the measured error falls most.")
+@click.option("--calib-data", type=click.Path(), default=None,
+              help="Text to convert on: .txt (a text per line), .jsonl/.csv/.tsv (a column), or a folder of them. "
+                   "Default: a general English corpus when `datasets` is online, else fffconvert's small corpus.")
+@click.option("--text-column", default=None, help="Column of .jsonl/.csv/.tsv text (default: text, sentence, ...).")
+@click.option("--calib-tokens", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Calibration tokens per layer for the tree init.")
+@click.option("--steps", type=click.IntRange(min=0), default=200, show_default=True,
               help="Layer-wise distillation steps per layer (0: clustering init only).")
-@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
-              help="Output folder. Default: out/<model name>-fff-d<D>.")
-@click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
+@click.option("--e2e-steps", type=click.IntRange(min=0), default=None,
+              help="End-to-end distillation steps against the dense model (0: off). Default: see README.")
+@click.option("--e2e-batch-size", type=click.IntRange(min=1), default=None, help="Texts per end-to-end step.")
+@click.option("--output", "-o", type=click.Path(), default=None, help="Output folder. Default: out/<model name>-fff.")
+@click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists (and start over).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted conversion into the same output.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@DEVICE
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a pickle-only (.bin) checkpoint. Only for files you trust.")
-@run_user_errors
-def convert(model, depth, leaf_width, calib_data, calib_tokens, steps, output, overwrite, seed, device, allow_pickle):
+def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column, calib_tokens, steps, e2e_steps,
+            e2e_batch_size, output, overwrite, resume, seed, device, allow_pickle):
     """Convert MODEL (a local folder or a hub name; default: the embedded all-MiniLM-L6-v2)."""
+    import shutil
     from pathlib import Path
 
-    from .calibrate import DEFAULT_CORPUS, read_texts
+    from .atomic import atomic_folder
     from .convert import FFFConfig
     from .distill import DistillConfig
-    from .io import atomic_folder, embedded_model_path, load_dense
-    from .surgery import ConversionError
+    from .e2e import E2EConfig
+    from .errors import UserError
+    from .sources import embedded_model_path, inspect_source, load_dense
+    from .texts import default_texts, read_texts
 
-    config = FFFConfig(depth=depth, leaf_width=leaf_width, calib_tokens=calib_tokens, seed=seed,
-                       distill=DistillConfig(steps=steps))
+    e2e = {k: v for k, v in (("steps", e2e_steps), ("batch_size", e2e_batch_size)) if v is not None}
+    config = FFFConfig(depth=depth, leaf_width=leaf_width, neurons_per_token=neurons_per_token, calib_tokens=calib_tokens,
+                       seed=seed, distill=DistillConfig(steps=steps), e2e=E2EConfig(**e2e))
     source = model or str(embedded_model_path())
     name = Path(model.rstrip("/")).name if model else "all-MiniLM-L6-v2"
-    output = Path(output or f"out/{name}-fff-d{depth}")
-    atomic_folder(output, overwrite)  # refuses an existing folder before any work
-    texts = read_texts(calib_data or DEFAULT_CORPUS)
-    if device == "cuda":
-        import torch
+    output = Path(output or f"out/{name}-fff")
+    if model and Path(source).expanduser().exists() and Path(source).expanduser().resolve() == output.resolve():
+        raise UserError(f"--output {output} is the source model's folder: write the converted model elsewhere")
+    atomic_folder(output, overwrite=overwrite or resume)  # refuses an existing or unwritable output before any work
+    if output.exists() and resume:
+        raise UserError(f"{output} is complete already; nothing to resume (--overwrite starts over)")
+    run = output.with_name(f".{output.name}.run")
+    if run.exists() and not (resume or overwrite):
+        raise UserError(f"a conversion into {output} was interrupted; its checkpoints are in {run}: "
+                        "pass --resume to continue it, or --overwrite to start over")
+    if run.exists() and overwrite and not resume:
+        shutil.rmtree(run)
+    device = _device(device)
+    inspect_source(source, allow_pickle)
+    if calib_data:
+        texts, where = read_texts(calib_data, text_column), str(calib_data)
+    else:
+        texts, where = default_texts(warn=lambda m: click.echo(m, err=True))
+    src = load_dense(source, allow_pickle)
+    _convert_and_save(src, config, texts, where, output, overwrite, device, run, resume, model)
+    shutil.rmtree(run, ignore_errors=True)
 
-        if not torch.cuda.is_available():
-            raise ConversionError("--device cuda, but torch sees no CUDA GPU")
-    dense, tokenizer = load_dense(source, allow_pickle)
-    _convert_and_save(dense, tokenizer, config, texts, output, overwrite, device)
 
-
-def _convert_and_save(model, tokenizer, config, texts, output, overwrite, device):
+def _convert_and_save(src, config, texts, where, output, overwrite, device, run, resume, model_arg):
     from tqdm.auto import tqdm
 
     from .convert import convert
-    from .io import report_table, save_pretrained
+    from .io import fidelity_table, report_table, save_pretrained
 
     t0 = time.perf_counter()
-    model = convert(model, config, texts, tokenizer, device=device)
+    model = convert(src.model, config, texts, src.tokenizer, device=device, pooling=src.pooling,
+                    checkpoint_dir=run, resume=resume)
+    fff = model.config.fff
+    fff["texts"] = {"source": where, "count": len(texts)}
+    base = model_arg or "sentence-transformers/all-MiniLM-L6-v2"
+    fff["source"] = base
     t = time.perf_counter()
     command = " ".join(["fffconvert", *sys.argv[1:]])
     with tqdm(total=1, desc="saving", unit="folder") as bar:
-        save_pretrained(model.cpu(), output, tokenizer, overwrite=overwrite, command=command)
+        save_pretrained(model.cpu(), output, src.tokenizer, overwrite=overwrite or resume, command=command,
+                        extra_files=src.extra_files, source_card=src.card, base_model=base)
         bar.update(1)
-    fff = model.config.fff
     fff["seconds"]["saving"] = round(time.perf_counter() - t, 2)
-    click.echo(f"\nConverted {len(fff['layers'])} FFN layers: depth {fff['depth']}, leaf width {fff['leaf_width']}, "
-               f"{fff['rows_per_token']} of {fff['rows_total']} FFN rows per token "
-               f"(dense: {fff['dense_ffn_width']} neurons); {fff['calibration_tokens']} calibration tokens.\n")
+    click.echo(f"\nConverted {len(fff['layers'])} FFN layers: {fff['rows_per_token']:.1f} of "
+               f"{fff['dense_ffn_width']} neurons per token on average; {fff['calibration_tokens']} calibration "
+               f"tokens; text: {where} ({len(texts)} texts).\n")
     click.echo(report_table(fff["layers"]))
+    if fff.get("end_to_end"):
+        click.echo("\n" + fidelity_table(fff["end_to_end"]))
     click.echo("\nSeconds: " + ", ".join(f"{k} {v:.1f}" for k, v in fff["seconds"].items())
                + f" (total {time.perf_counter() - t0:.1f})")
     click.echo(f"Saved to {output}")
 
 
-def _int_list(ctx, param, value):
-    try:
-        return [int(v) for v in value.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}")
+@main.command(name="eval", epilog=EPILOG)
+@click.argument("converted")
+@click.option("--dense", default=None, help="The dense source (folder or hub name). Default: the one recorded at conversion.")
+@click.option("--data", type=click.Path(), default=None,
+              help="Text to measure on (formats as --calib-data); use text the model was not converted on. "
+                   "Default: fffconvert's evaluation corpus.")
+@click.option("--text-column", default=None)
+@click.option("--max-texts", type=click.IntRange(min=2), default=2000, show_default=True)
+@click.option("--stsb", type=click.Path(), default=None, help="STS-B dev (a GLUE folder or STS-B/dev.tsv): Spearman of both models.")
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the results as JSON here.")
+@DEVICE
+def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, device):
+    """Measure a converted model against its dense source on text it was not converted on."""
+    from pathlib import Path
+
+    from . import evaluate as ev
+    from .atomic import check_writable
+    from .errors import UserError
+    from .io import from_pretrained
+    from .sources import embedded_model_path, load_dense
+
+    if json_path:
+        if Path(json_path).is_dir():
+            raise UserError(f"--json {json_path} is a folder")
+        check_writable(Path(json_path).parent / ".probe")
+    device = _device(device)
+    texts = ev.eval_texts(data, text_column, max_texts)
+    pairs = ev.stsb_pairs(stsb) if stsb else None
+    fff = from_pretrained(converted)
+    source = dense or fff.config.fff.get("source")
+    if not source:
+        raise UserError(f"{converted} does not record its source: give it with --dense")
+    if source == "sentence-transformers/all-MiniLM-L6-v2" and not dense:
+        source = str(embedded_model_path())  # the embedded copy: works offline
+    src = load_dense(source)
+    result = ev.evaluate(fff, src.model, src.tokenizer, texts, src.pooling, pairs, device)
+    if pairs is not None and src.pooling is None:
+        click.echo("Note: the source is not an embedding model (no sentence-transformers pooling): STS-B skipped.", err=True)
+    click.echo(ev.to_markdown(result))
+    if json_path:
+        ev.write_json(result, json_path)
+        click.echo(f"\nWrote {json_path}")
 
 
 @main.command()
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@DEVICE
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
-@click.option("--hidden", type=int, default=768, show_default=True, help="H, the model width.")
-@click.option("--ffn", type=int, default=3072, show_default=True, help="F, the dense FFN width.")
-@click.option("--depth", type=int, default=11, show_default=True)
-@click.option("--leaf-width", type=int, default=2, show_default=True)
-@click.option("--tokens", default="1,128,2048,16384", show_default=True, callback=_int_list,
+@click.option("--hidden", type=click.IntRange(min=1, max=16384), default=768, show_default=True, help="H, the model width.")
+@click.option("--ffn", type=click.IntRange(min=2, max=65536), default=3072, show_default=True, help="F, the dense FFN width.")
+@click.option("--depth", type=click.IntRange(min=1, max=20), default=11, show_default=True)
+@click.option("--leaf-width", type=click.IntRange(min=1, max=4096), default=2, show_default=True)
+@click.option("--tokens", default="1,128,2048,16384", show_default=True, callback=_ints(0),
               help="Token counts for the layer benchmark.")
-@click.option("--repeats", type=int, default=10, show_default=True, help="Timed rounds (median, min, max).")
-@click.option("--warmup", type=int, default=2, show_default=True)
-@click.option("--threads", type=int, default=None, help="CPU threads (default: torch's).")
+@click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True, help="Timed rounds (median, min, max).")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1, max=1024), default=None, help="CPU threads (default: torch's).")
 @click.option("--model/--no-model", default=True, show_default=True, help="Also time a whole BERT-shaped model.")
 @click.option("--compile", is_flag=True, help="Also time the whole models under torch.compile (slow to compile).")
-@click.option("--batch", type=int, default=8, show_default=True)
-@click.option("--seq-len", type=int, default=128, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results here.")
-@run_user_errors
+@click.option("--batch", type=click.IntRange(min=1, max=4096), default=8, show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=1, max=8192), default=128, show_default=True)
+@click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results here.")
 def bench(json_path, **kw):
     """Time FFF against torch's dense FFN (layer and whole model), side by side in one process."""
-    import torch
+    from pathlib import Path
 
     from . import bench as b
-    from .surgery import ConversionError
+    from .atomic import check_writable
+    from .errors import UserError
 
-    if kw["device"] == "cuda" and not torch.cuda.is_available():
-        raise ConversionError("--device cuda, but torch sees no CUDA GPU")
-    if kw["depth"] < 1 or kw["leaf_width"] < 1 or min(kw["tokens"]) < 0 or kw["repeats"] < 1:
-        raise ConversionError("--depth, --leaf-width and --repeats must be >= 1 and --tokens >= 0")
+    if json_path:
+        if Path(json_path).is_dir():
+            raise UserError(f"--json {json_path} is a folder")
+        check_writable(Path(json_path).parent / ".probe")
+    kw["tokens"] = kw["tokens"] if isinstance(kw["tokens"], list) else [kw["tokens"]]
+    if kw["leaf_width"] + kw["depth"] >= kw["ffn"]:
+        raise UserError("--depth + --leaf-width must be below --ffn: the FFF would touch as many rows as the dense FFN")
+    kw["device"] = _device(kw["device"])
     result = b.run(b.BenchConfig(**kw))
     click.echo(b.format_report(result))
     if json_path:

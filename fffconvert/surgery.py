@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from .errors import UserError
 from .layer import FFF
 
 
@@ -20,15 +21,18 @@ class FFNSpec:
     act: str  # activation module
     fc2: str  # output projection F -> H
     act_key: str  # config attribute naming the activation
+    norm: str | None  # the LayerNorm applied to (FFN input + FFN output) in a post-LN block; None if none
 
 
 _BERT_LIKE = FFNSpec(r"(.*\.)?encoder\.layer\.\d+", "intermediate.dense",
-                     "intermediate.intermediate_act_fn", "output.dense", "hidden_act")
+                     "intermediate.intermediate_act_fn", "output.dense", "hidden_act",
+                     "output.LayerNorm")
 ARCHITECTURES = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
     "electra": _BERT_LIKE,
-    "distilbert": FFNSpec(r"(.*\.)?transformer\.layer\.\d+", "ffn.lin1", "ffn.activation", "ffn.lin2", "activation"),
+    "distilbert": FFNSpec(r"(.*\.)?transformer\.layer\.\d+", "ffn.lin1", "ffn.activation", "ffn.lin2", "activation",
+                          "output_layer_norm"),
 }
 
 # transformers' activation names -> the layer's (fffconvert.layer.ACTIVATIONS)
@@ -36,14 +40,19 @@ HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": 
                   "relu": "relu", "silu": "silu", "swish": "silu"}
 
 
-class ConversionError(ValueError):
-    """A model or setting fffconvert cannot convert; the message says why and what would work."""
+# Converted models have their own model types: this prefix and the source's type (modeling.py).
+CONVERTED_PREFIX = "fffconvert-"
+
+
+def source_type(model_type: str | None) -> str | None:
+    """The source architecture's model type, also for a converted model's type."""
+    return model_type[len(CONVERTED_PREFIX):] if model_type and model_type.startswith(CONVERTED_PREFIX) else model_type
 
 
 def spec_for(config) -> FFNSpec:
-    model_type = getattr(config, "model_type", None)
+    model_type = source_type(getattr(config, "model_type", None))
     if model_type not in ARCHITECTURES:
-        raise ConversionError(f"architecture {model_type!r} is not supported; supported: "
+        raise UserError(f"architecture {model_type!r} is not supported; supported: "
                               f"{', '.join(sorted(ARCHITECTURES))}")
     return ARCHITECTURES[model_type]
 
@@ -52,17 +61,18 @@ def activation_of(config) -> str:
     spec = spec_for(config)
     name = getattr(config, spec.act_key)
     if name not in HF_ACTIVATIONS:
-        raise ConversionError(f"activation {name!r} is not supported; supported: {', '.join(sorted(HF_ACTIVATIONS))}")
+        raise UserError(f"activation {name!r} is not supported; supported: {', '.join(sorted(HF_ACTIVATIONS))}")
     return HF_ACTIVATIONS[name]
 
 
 @dataclass
 class FFNBlock:
-    """One dense FFN found in a model: its block's name and its three modules."""
+    """One dense FFN found in a model: its block's name, its two projections, the norm after it."""
     name: str
     block: nn.Module
     fc1: nn.Linear
     fc2: nn.Linear
+    norm: nn.LayerNorm | None
 
 
 def find_ffns(model: nn.Module) -> list[FFNBlock]:
@@ -72,9 +82,10 @@ def find_ffns(model: nn.Module) -> list[FFNBlock]:
     for name, module in model.named_modules():
         if re.fullmatch(spec.block, name):
             fc1, fc2 = module.get_submodule(spec.fc1), module.get_submodule(spec.fc2)
-            found.append(FFNBlock(name, module, fc1, fc2))
+            norm = module.get_submodule(spec.norm) if spec.norm else None
+            found.append(FFNBlock(name, module, fc1, fc2, norm))
     if not found:
-        raise ConversionError(f"no FFN blocks matching {spec.block!r} in this {model.config.model_type} model")
+        raise UserError(f"no FFN blocks matching {spec.block!r} in this {model.config.model_type} model")
     return found
 
 
@@ -87,7 +98,7 @@ def swap_ffns(model: nn.Module, layers: list[FFF]) -> nn.Module:
     """Put `layers[i]` in the place of the i-th FFN of `model`, in place."""
     spec, blocks = spec_for(model.config), find_ffns(model)
     if len(layers) != len(blocks):
-        raise ConversionError(f"{len(layers)} FFF layers for {len(blocks)} FFN blocks")
+        raise UserError(f"{len(layers)} FFF layers for {len(blocks)} FFN blocks")
     for b, layer in zip(blocks, layers):
         _set(b.block, spec.fc1, layer)
         _set(b.block, spec.act, nn.Identity())
@@ -99,9 +110,22 @@ def fff_layers(model: nn.Module) -> list[FFF]:
     return [m for m in model.modules() if isinstance(m, FFF)]
 
 
-def empty_fff_model(model: nn.Module, depth: int, leaf_width: int) -> nn.Module:
-    """Swap every FFN of `model` for an FFF of the given shape (weights to be loaded)."""
+def empty_fff_model(model: nn.Module, depth, leaf_width) -> nn.Module:
+    """Swap every FFN of `model` for an FFF of the given shape (weights to be loaded); `depth` and
+    `leaf_width` are one value for all layers or a list with one per layer."""
     act = activation_of(model.config)
     blocks = find_ffns(model)
-    layers = [FFF(b.fc1.in_features, depth, leaf_width, act) for b in blocks]
+    depths = depth if isinstance(depth, (list, tuple)) else [depth] * len(blocks)
+    widths = leaf_width if isinstance(leaf_width, (list, tuple)) else [leaf_width] * len(blocks)
+    if len(depths) != len(blocks) or len(widths) != len(blocks):
+        raise UserError(f"{len(depths)} depths and {len(widths)} leaf widths for {len(blocks)} FFN layers")
+    layers = [FFF(b.fc1.in_features, d, w, act) for b, d, w in zip(blocks, depths, widths)]
     return swap_ffns(model, layers)
+
+
+def fff_shapes(fff: dict) -> tuple[list[int], list[int]]:
+    """(depths, leaf widths) of the layers, from a converted config's `fff` section."""
+    rows = fff.get("layers") or []
+    if rows and "depth" in rows[0]:
+        return [r["depth"] for r in rows], [r["leaf_width"] for r in rows]
+    return fff["depth"], fff["leaf_width"]  # fffconvert 0.1: one shape for all layers

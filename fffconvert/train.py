@@ -5,6 +5,8 @@
 - Multi-GPU through torch.distributed (launch with torchrun): DistributedDataParallel, each rank
   takes its share of every global batch, so the result does not depend on the number of GPUs.
 - Checkpoints (safetensors only) every `checkpoint_every` steps, written by rank 0.
+- No host synchronization per step: losses stay on the device and are read (and checked for
+  being finite) every `log_every` steps and at checkpoints.
 """
 import math
 import os
@@ -29,6 +31,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     checkpoint_every: int = 500
+    dropout: bool = True  # False: dropout off (eval mode) everywhere but in the FFF layers, which train
+    log_every: int = 50
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -70,8 +74,18 @@ def _optimizer(model, cfg: TrainConfig):
     return opt, sched
 
 
+def _train_mode(model, dropout: bool):
+    from .layer import FFF
+
+    model.train(dropout)
+    if not dropout:
+        for m in model.modules():
+            if isinstance(m, FFF):
+                m.train()
+
+
 def fit(model, examples, collate, loss_fn, cfg: TrainConfig, device="cpu", checkpoint_dir=None, resume=False,
-        on_step=None, desc="training", stop_after=None):
+        on_step=None, desc="training", stop_after=None, progress=True):
     """Train `model` on `examples` for cfg.steps steps of loss_fn(model, batch, step).
 
     collate(list of examples) -> dict of tensors. on_step(step) runs before each step (schedules).
@@ -88,9 +102,9 @@ def fit(model, examples, collate, loss_fn, cfg: TrainConfig, device="cpu", check
     start, losses = 0, []
     if resume and checkpoint_dir and os.path.exists(os.path.join(checkpoint_dir, "state.json")):
         start, losses = load_checkpoint(checkpoint_dir, model, opt, sched)
-    model.train()
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", disable=rank != 0)
-    t0, done = time.perf_counter(), 0
+    _train_mode(model, cfg.dropout)
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", disable=rank != 0 or not progress)
+    t0, done, pending = time.perf_counter(), 0, []
     for step in range(start, cfg.steps):
         if stop_after is not None and done >= stop_after:
             break
@@ -105,18 +119,31 @@ def fit(model, examples, collate, loss_fn, cfg: TrainConfig, device="cpu", check
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        pending.append(loss.detach())
         done += 1
         bar.update(1)
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"{desc}: loss became {losses[-1]} at step {step}")
-        if checkpoint_dir and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+        save = checkpoint_dir and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps)
+        if save or len(pending) >= cfg.log_every or step + 1 == cfg.steps:
+            losses += _read_losses(pending, desc, step)
+            bar.set_postfix(loss=f"{losses[-1]:.4g}")
+        if save:
             if rank == 0:
                 save_checkpoint(checkpoint_dir, model, opt, sched, step + 1, losses)
             if world > 1:
                 dist.barrier()
+    losses += _read_losses(pending, desc, start + done - 1)
     bar.close()
     seconds = time.perf_counter() - t0
     model.eval()
     return {"steps": done, "seconds": seconds, "examples_per_s": done * cfg.batch_size / max(seconds, 1e-9),
             "losses": losses}
+
+
+def _read_losses(pending: list, desc: str, step: int) -> list[float]:
+    """The losses of the last steps as floats (one host synchronization); raises if one is not finite."""
+    values = torch.stack(pending).float().cpu().tolist() if pending else []
+    pending.clear()
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            raise FloatingPointError(f"{desc}: loss became {v} at step {step - len(values) + 1 + i}")
+    return values

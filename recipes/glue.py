@@ -28,9 +28,11 @@ from glue_tasks import TASKS, DataError, load_split, score  # noqa: E402
 import fffconvert  # noqa: E402
 from fffconvert.bench import DTYPES, BenchConfig, bench_layer, time_models  # noqa: E402
 from fffconvert.convert import FFFConfig  # noqa: E402
-from fffconvert.distill import DistillConfig, E2EConfig, distill_model, routing_agreement, soft_routing  # noqa: E402
-from fffconvert.io import embedded_model_path  # noqa: E402
-from fffconvert.surgery import ConversionError, spec_for  # noqa: E402
+from fffconvert.distill import DistillConfig  # noqa: E402
+from fffconvert.e2e import E2EConfig, distill_model, routing_agreement, soft_routing  # noqa: E402
+from fffconvert.sources import embedded_model_path  # noqa: E402
+from fffconvert.errors import UserError  # noqa: E402
+from fffconvert.surgery import spec_for  # noqa: E402
 from fffconvert.train import TrainConfig, fit, init_distributed, rank_and_world  # noqa: E402
 
 
@@ -101,14 +103,14 @@ def convert_and_distill(dense, tokenizer, depth, task, train, dev, collate, args
     student = copy.deepcopy(dense)
     texts = [row[:-1] if len(row) > 2 else row[0] for row in train]
     config = FFFConfig(depth=depth, calib_tokens=args.calib_tokens, seed=args.seed,
-                       distill=DistillConfig(steps=args.layerwise_steps))
+                       distill=DistillConfig(steps=args.layerwise_steps), e2e=E2EConfig(steps=0))
     student = fffconvert.convert(student, config, texts, tokenizer, device=device, progress=rank_and_world()[0] == 0)
     t_convert = time.perf_counter() - t0
-    train_cfg = TrainConfig(steps=args.distill_steps, batch_size=args.distill_batch_size, lr=args.lr, fff_lr=args.fff_lr,
-                            seed=args.seed, checkpoint_every=args.checkpoint_every)
+    e2e = E2EConfig(steps=args.distill_steps, batch_size=args.distill_batch_size, lr=args.lr, fff_lr=args.fff_lr,
+                    checkpoint_every=args.checkpoint_every)
     copies = args.augment if args.augment is not None else (4 if len(train) < 20000 else 2)
     transfer = train + augment(train, copies, seed=args.seed)
-    stats = distill_model(student, dense, transfer, collate, E2EConfig(), train_cfg, device=device,
+    stats = distill_model(student, dense, transfer, collate, e2e, device=device, seed=args.seed,
                           checkpoint_dir=out / "checkpoints" / f"distill-d{depth}", resume=args.resume)
     t_distill = time.perf_counter() - t0 - t_convert
     hard = evaluate(student, task, dev, collate, device)
@@ -117,10 +119,10 @@ def convert_and_distill(dense, tokenizer, depth, task, train, dev, collate, args
     first_dev = next(iter(dev.values()))
     batches = [{k: v.to(device) for k, v in collate(first_dev[i: i + 64]).items()} for i in range(0, min(len(first_dev), 512), 64)]
     fff = student.config.fff
-    row = {"depth": depth, "leaf_width": fff["leaf_width"], "rows_per_token": fff["rows_per_token"],
-           "rows_total": fff["rows_total"], "fff": hard, "fff_soft": soft,
+    row = {"depth": depth, "leaf_width": fff["layers"][0]["leaf_width"], "rows_per_token": fff["rows_per_token"],
+           "fff": hard, "fff_soft": soft,
            "agreement": routing_agreement(student, batches), "distill_examples_per_s": stats["examples_per_s"],
-           "distill_steps": train_cfg.steps, "distill_batch_size": train_cfg.batch_size, "distill_examples": len(transfer),
+           "distill_steps": e2e.steps, "distill_batch_size": e2e.batch_size, "distill_examples": len(transfer),
            "seconds": {"convert": t_convert, "distill": t_distill},
            "layerwise": fff["layers"]}
     if rank_and_world()[0] == 0:
@@ -142,7 +144,7 @@ def write_reports(results: dict, out: Path):
     for r in results["fff"]:
         s = r.get("speed", {})
         graph = f" ({s['model_speedup_graph']:.2f}x as CUDA graphs)" if s.get("model_speedup_graph") else ""
-        lines.append(f"| {r['depth']} | {r['rows_per_token']} of {r['rows_total']} | {r['fff'][key]:.2f} "
+        lines.append(f"| {r['depth']} | {r['rows_per_token']:.1f} of {results['dense_ffn_width']} | {r['fff'][key]:.2f} "
                      f"| {100 * r['fff'][key] / dense[key]:.1f}% | {r['fff_soft'][key]:.2f} | {r['agreement']:.3f} "
                      f"| {s.get('ffn_layer_speedup', float('nan')):.1f}x | {s.get('model_speedup', float('nan')):.2f}x{graph} "
                      f"| {r['seconds']['convert']:.0f} | {r['seconds']['distill']:.0f} |")
@@ -203,7 +205,7 @@ def main(task, source, depth, data_dir, output, device, **kw):
     try:
         depths = [int(d) for d in depth.split(",")]
         run(task, source, depths, data_dir, Path(output), device, args)
-    except (DataError, ConversionError, ValueError) as e:
+    except (DataError, UserError, ValueError) as e:
         if os.environ.get("FFFCONVERT_DEBUG"):
             raise
         click.echo(f"Error: {e}", err=True)
@@ -233,7 +235,7 @@ def run(task, source, depths, data_dir, out: Path, device, args):
             fff = student.config.fff
             batch, seq = (64, 128) if "cuda" in device else (8, 128)
             row["speed"] = measure_speed(dense, student, {"hidden": dense.config.hidden_size, "ffn": fff["dense_ffn_width"],
-                                                          "depth": depth, "leaf_width": fff["leaf_width"]}, device, batch, seq)
+                                                          "depth": depth, "leaf_width": fff["layers"][0]["leaf_width"]}, device, batch, seq)
         results["fff"].append(row)
         results["seconds_total"] = time.perf_counter() - t0
         if rank == 0:

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random models of each supported architecture, and the real MiniLM."""
+import copy
 import os
 
 import pytest
@@ -24,7 +25,7 @@ PREFIX = {"bert": "Bert", "roberta": "Roberta", "electra": "Electra", "distilber
 def tiny_model(model_type: str, head: str = "Model", seed: int = 0):
     torch.manual_seed(seed)
     cls = getattr(transformers, PREFIX[model_type] + head)
-    return cls(TINY_CONFIGS[model_type]).eval()
+    return cls(copy.deepcopy(TINY_CONFIGS[model_type])).eval()  # its own config: conversion edits it
 
 
 def tiny_fff_model(model_type: str, depth: int = 4, leaf_width: int = 3):
@@ -53,6 +54,6 @@ def tokenizer(minilm_path):
 
 @pytest.fixture(scope="session")
 def texts():
-    from fffconvert.calibrate import DEFAULT_CORPUS, read_texts
+    from fffconvert.texts import SHIPPED_CORPUS, read_texts
 
-    return read_texts(DEFAULT_CORPUS)
+    return read_texts(SHIPPED_CORPUS)

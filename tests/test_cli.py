@@ -28,15 +28,15 @@ def run(*args):
 
 def test_convert_a_local_model(tiny_bert_dir, calib_file, tmp_path):
     out = tmp_path / "out"
-    r = run(tiny_bert_dir, "--depth", 2, "--calib-data", calib_file, "--steps", 2, "--output", out)
+    r = run(tiny_bert_dir, "--depth", 2, "--calib-data", calib_file, "--steps", 2, "--e2e-steps", 2, "--output", out)
     assert r.exit_code == 0, r.output
-    assert "clustering init" in r.output and "Saved to" in r.output
+    assert "clustering init" in r.output and "after end-to-end" in r.output and "Saved to" in r.output
     assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= {p.name for p in out.iterdir()}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left behind
     import fffconvert
 
     model = fffconvert.from_pretrained(out)
-    assert isinstance(model, transformers.BertForSequenceClassification)
+    assert isinstance(model, transformers.BertForSequenceClassification) and type(model).__name__.startswith("FFF")
 
 
 def test_help_lists_options_and_examples():
@@ -61,11 +61,12 @@ def write_pickle_only(path):
 ERRORS = {
     "missing path": (lambda d, m, c: ["./no/such/model", "--depth", 2], "does not exist"),
     "hub name offline": (lambda d, m, c: ["nobody-xyz/no-such-model", "--depth", 2], "cannot load"),
-    "depth < 1": (lambda d, m, c: [m, "--depth", 0, "--calib-data", c], "--depth must be >= 1"),
-    "too deep": (lambda d, m, c: [m, "--depth", 9, "--calib-data", c], "depth 9 needs at least"),
-    "leaf width < 1": (lambda d, m, c: [m, "--depth", 2, "--leaf-width", 0, "--calib-data", c], "--leaf-width must be >= 1"),
+    "depth < 1": (lambda d, m, c: [m, "--depth", 0, "--calib-data", c], "'--depth': must be >= 1"),
+    "too deep": (lambda d, m, c: [m, "--depth", 8, "--calib-tokens", 1000, "--calib-data", c], "depth 8 needs at least"),
+    "tree too large": (lambda d, m, c: [m, "--depth", 12, "--calib-data", c], "more than 16x the dense FFN"),
+    "leaf width < 1": (lambda d, m, c: [m, "--depth", 2, "--leaf-width", 0, "--calib-data", c], "'--leaf-width': must be >= 1"),
     "unsupported": (lambda d, m, c: [write_gpt2(d / "gpt2"), "--depth", 2, "--calib-data", c], "'gpt2' is not supported"),
-    "missing calib": (lambda d, m, c: [m, "--depth", 2, "--calib-data", d / "nope.txt"], "cannot read calibration file"),
+    "missing calib": (lambda d, m, c: [m, "--depth", 2, "--calib-data", d / "nope.txt"], "cannot read text file"),
     "empty calib": (lambda d, m, c: [m, "--depth", 2, "--calib-data", _write(d / "e.txt", b"\n \n")], "has no text"),
     "binary calib": (lambda d, m, c: [m, "--depth", 2, "--calib-data", _write(d / "b.txt", b"\xff\xfe\x00")], "cannot read"),
     "pickle only": (lambda d, m, c: [write_pickle_only(d / "pk"), "--depth", 2, "--calib-data", c], "--allow-pickle"),

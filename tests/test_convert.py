@@ -7,10 +7,12 @@ import torch
 import fffconvert
 from fffconvert.convert import FFFConfig, check_calibration
 from fffconvert.distill import DistillConfig
-from fffconvert.surgery import ARCHITECTURES, ConversionError, fff_layers
+from fffconvert.e2e import E2EConfig
+from fffconvert.errors import UserError
+from fffconvert.surgery import ARCHITECTURES, fff_layers
 from conftest import tiny_model
 
-SMALL = dict(depth=2, calib_tokens=600, distill=DistillConfig(steps=3, batch_tokens=64))
+SMALL = dict(depth=2, calib_tokens=600, distill=DistillConfig(steps=3, batch_tokens=64), e2e=E2EConfig(steps=3, batch_size=8))
 
 
 def convert_tiny(model_type, head, tokenizer, texts, seed=0):
@@ -37,11 +39,13 @@ def test_config_records_the_conversion(tokenizer, texts, tmp_path):
     model = convert_tiny("bert", "Model", tokenizer, texts)
     fffconvert.save_pretrained(model, tmp_path / "m", tokenizer, command="fffconvert x --depth 2")
     fff = json.loads((tmp_path / "m" / "config.json").read_text())["fff"]
-    assert fff["depth"] == 2 and fff["leaf_width"] == 16 and fff["version"] == fffconvert.__version__
-    assert fff["rows_per_token"] == 18 and fff["rows_total"] == 3 + 4 * 16
-    assert len(fff["layers"]) == 2 and {"fvu_random", "fvu_init", "fvu_hard", "fvu_oracle", "agreement"} <= fff["layers"][0].keys()
+    assert fff["version"] == fffconvert.__version__ and fff["rows_per_token"] == 18
+    assert [(r["depth"], r["leaf_width"]) for r in fff["layers"]] == [(2, 16), (2, 16)]
+    assert {"fvu_init", "fvu_hard", "agreement"} <= fff["layers"][0].keys()
+    assert {"layerwise_only", "after", "steps"} <= fff["end_to_end"].keys()
     card = (tmp_path / "m" / "README.md").read_text()
-    assert "18 of 67 FFN weight rows" in card and "fffconvert x --depth 2" in card
+    assert "18.0 of the dense FFN's 64 neurons" in card and "fffconvert x --depth 2" in card
+    assert card.startswith("---\n") and "fffconvert" in card.split("---")[1]
 
 
 def test_conversion_is_deterministic_under_seed(tokenizer, texts):
@@ -57,7 +61,7 @@ def test_converted_layers_are_eval_and_hard(tokenizer, texts):
 
 def test_too_deep_for_the_calibration_tokens(tokenizer, texts):
     ids = tokenizer(texts[:10])["input_ids"]
-    with pytest.raises(ConversionError, match="depth 12 needs at least"):
+    with pytest.raises(UserError, match="depth 12 needs at least"):
         check_calibration(FFFConfig(depth=12), ids)
 
 
@@ -76,7 +80,7 @@ def test_failed_save_leaves_nothing(tmp_path, tokenizer, texts):
 def test_save_refuses_existing_folder_without_overwrite(tmp_path, tokenizer, texts):
     model = convert_tiny("bert", "Model", tokenizer, texts)
     (tmp_path / "out").mkdir()
-    with pytest.raises(ConversionError, match="exists"):
+    with pytest.raises(UserError, match="exists"):
         fffconvert.save_pretrained(model, tmp_path / "out")
     fffconvert.save_pretrained(model, tmp_path / "out", overwrite=True)
     assert (tmp_path / "out" / "model.safetensors").exists()

@@ -31,7 +31,7 @@ def test_both_schedules_match_reference(H, D, L, n, group):
     here; n not a multiple of 4: both schedules work four tokens at a time and pad the last group)."""
     layer = random_layer(H, D, L, "gelu", seed=n + D).eval()
     x = torch.randn(n, H)
-    p = [t.detach() for t in (layer.node_weight, layer.node_bias, layer.w1, layer.b1, layer.w2, layer.leaf_bias, layer.out_bias)]
+    p = [t.detach() for t in (layer.node_weight, layer.node_bias, layer.weight, layer.bias, layer.w2, layer.leaf_bias, layer.out_bias)]
     with torch.no_grad():
         y = kernels._cpu.fff_forward(x, *p, "gelu", group=group)
         torch.testing.assert_close(y, layer.hard_forward(x), rtol=1e-5, atol=1e-4)
@@ -73,7 +73,7 @@ def test_training_and_gradients_stay_in_pytorch():
     x = torch.randn(5, 32, requires_grad=True)
     layer.eval()
     layer(x).sum().backward()  # an input that needs gradients takes the reference
-    assert x.grad is not None and layer.w1.grad is not None
+    assert x.grad is not None and layer.weight.grad is not None
     layer.train()
     layer(torch.randn(5, 32)).sum().backward()
     assert layer.w2.grad.abs().sum() > 0

@@ -40,7 +40,7 @@ def check(layer, x, tol):
 def test_cuda_kernel_matches_reference(dtype, act, H, D, L, n):
     layer = random_layer(H, D, L, act, seed=H + D + n).cuda().eval()
     with torch.no_grad():
-        layer.w1.mul_(H ** -0.5)
+        layer.weight.mul_(H ** -0.5)
         layer.node_weight.mul_(H ** -0.5)
     x = torch.randn(n, H, device="cuda", dtype=dtype)
     assert kernels.kernel_for(x) is not None

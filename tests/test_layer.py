@@ -26,7 +26,7 @@ def naive_forward(layer: FFF, x):
         k = n - (2**layer.depth - 1)
         y = layer.leaf_bias[k] + layer.out_bias
         for j in range(layer.leaf_width):
-            y = y + ACTIVATIONS[layer.activation](layer.w1[k, j] @ t + layer.b1[k, j]) * layer.w2[k, j]
+            y = y + ACTIVATIONS[layer.activation](layer.weight[k, j] @ t + layer.bias[k, j]) * layer.w2[k, j]
         out.append(y)
     return torch.stack(out)
 
@@ -90,7 +90,7 @@ def test_hardening_loss_has_gradient_toward_decisive_routing():
 def test_parameter_layout():
     layer = FFF(24, 5, 3)
     shapes = {n: tuple(p.shape) for n, p in layer.named_parameters()}
-    assert shapes == {"node_weight": (31, 24), "node_bias": (31,), "w1": (32, 3, 24), "b1": (32, 3),
+    assert shapes == {"node_weight": (31, 24), "node_bias": (31,), "weight": (32, 3, 24), "bias": (32, 3),
                       "w2": (32, 3, 24), "leaf_bias": (32, 24), "out_bias": (24,)}
     assert all(p.is_contiguous() for p in layer.parameters())
 

@@ -6,12 +6,14 @@ import transformers
 import fffconvert
 from fffconvert.convert import FFFConfig
 from fffconvert.distill import DistillConfig
+from fffconvert.e2e import E2EConfig
 
 
 @pytest.fixture(scope="module")
 def converted(minilm_path, tokenizer, texts):
     model = transformers.AutoModel.from_pretrained(minilm_path).eval()
-    config = FFFConfig(depth=6, calib_tokens=12000, distill=DistillConfig(steps=30, batch_tokens=1024))
+    config = FFFConfig(depth=6, calib_tokens=12000, distill=DistillConfig(steps=30, batch_tokens=1024), e2e=E2EConfig(steps=0),
+                       baselines=True)
     return fffconvert.convert(model, config, texts, tokenizer, progress=False)
 
 

@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from fffconvert.distill import E2EConfig, distill_model, routing_agreement, soft_routing
+from fffconvert.e2e import E2EConfig, distill_model, routing_agreement, soft_routing
 from fffconvert.surgery import empty_fff_model, fff_layers
 from fffconvert.train import TrainConfig, fit
 from conftest import tiny_model
@@ -44,7 +44,7 @@ def test_end_to_end_distillation_ends_with_hard_routing():
     seen = []
     for layer in fff_layers(student):
         layer.register_forward_hook(lambda m, a, o: seen.append(m.soft))
-    stats = distill_model(student, teacher, EXAMPLES, collate, E2EConfig(soft_frac=0.5), TrainConfig(steps=4, batch_size=8))
+    stats = distill_model(student, teacher, EXAMPLES, collate, E2EConfig(steps=4, batch_size=8, soft_frac=0.5))
     assert all(torch.isfinite(torch.tensor(stats["losses"])))
     assert seen[:2] == [True, True] and seen[-1] is False  # soft phase, then hard
     assert all(not layer.soft and layer.last_hardening is None for layer in fff_layers(student))

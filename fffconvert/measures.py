@@ -1,0 +1,101 @@
+"""How close a model's outputs are to another's: the quantities that end-to-end distillation
+minimizes and that `fffconvert eval` reports, in one place so that both measure the same thing.
+
+All of them count real tokens only (`mask`: the attention mask), never padding.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How an embedding model turns token states into one vector (sentence-transformers' Pooling
+    and Normalize modules)."""
+    mode: str = "mean"
+    normalize: bool = True
+
+    def __post_init__(self):
+        if self.mode not in POOLING_MODES:
+            raise ValueError(f"pooling mode {self.mode!r} is not one of {POOLING_MODES}")
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hidden [B, T, H], mask [B, T] -> [B, H]."""
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        if self.mode == "cls":
+            out = hidden[:, 0]
+        elif self.mode == "max":
+            out = hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
+        else:
+            total, n = (hidden * m).sum(1), m.sum(1).clamp_min(1)
+            out = total / (n if self.mode == "mean" else n.sqrt())
+        return F.normalize(out, dim=-1) if self.normalize else out
+
+
+def hidden_fvu(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fraction of the teacher's token-state variance the student leaves unexplained, over real
+    tokens: ||s - t||^2 / ||t - mean(t)||^2 (a 0-d tensor, differentiable)."""
+    m = mask.bool()
+    s, t = student[m], teacher[m]
+    return (s - t).pow(2).sum() / (t - t.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+def token_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cosine of each real token's state in the two models: [number of real tokens]."""
+    m = mask.bool()
+    return F.cosine_similarity(student[m], teacher[m], dim=-1)
+
+
+def embedding_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Cosine of each text's embedding in the two models: [B]."""
+    return F.cosine_similarity(student, teacher, dim=-1)
+
+
+def neighbour_agreement(student: torch.Tensor, teacher: torch.Tensor, k: int = 10) -> float:
+    """Mean share of each text's k nearest other texts (by cosine) that both models agree on."""
+    s, t = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
+    k = min(k, len(s) - 1)
+    if k < 1:
+        return float("nan")
+    eye = torch.eye(len(s), dtype=torch.bool, device=s.device)
+    top = lambda e: (e @ e.t()).masked_fill(eye, -2).topk(k, dim=1).indices  # noqa: E731
+    a, b = top(s), top(t)
+    hits = (a.unsqueeze(2) == b.unsqueeze(1)).any(2).float().sum(1)
+    return (hits / k).mean().item()
+
+
+@torch.no_grad()
+def compare(model, reference, batches, pooling: Pooling | None = None) -> dict:
+    """How close `model` is to `reference` on `batches` (dicts of input tensors on their device):
+    every layer's hidden-state FVU, the mean cosine of the final token states, and with `pooling`
+    the mean and 5th-percentile cosine of the embeddings and their top-10 neighbour agreement."""
+    err, total, s1, n, cos, emb = None, None, None, 0, [], ([], [])
+    for batch in batches:
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        mask = batch["attention_mask"].bool()
+        hs = model(**batch, output_hidden_states=True).hidden_states[1:]
+        ht = reference(**batch, output_hidden_states=True).hidden_states[1:]
+        if err is None:
+            err, total, s1 = [0.0] * len(ht), [0.0] * len(ht), [0.0] * len(ht)
+        for i, (s, t) in enumerate(zip(hs, ht)):
+            s, t = s[mask].double(), t[mask].double()
+            err[i] += (s - t).pow(2).sum().item()
+            total[i] += t.pow(2).sum().item()
+            s1[i] = s1[i] + t.sum(0)
+        n += int(mask.sum())
+        cos.append(token_cosine(hs[-1], ht[-1], mask).cpu())
+        if pooling is not None:
+            emb[0].append(pooling(hs[-1], mask).float().cpu())
+            emb[1].append(pooling(ht[-1], mask).float().cpu())
+    var = [tot - (m.pow(2).sum().item() / n) for tot, m in zip(total, s1)]  # sum of ||t - mean||^2
+    out = {"hidden_fvu": [e / max(v, 1e-12) for e, v in zip(err, var)],
+           "token_cosine": torch.cat(cos).mean().item(), "tokens": n}
+    if pooling is not None:
+        s, t = torch.cat(emb[0]), torch.cat(emb[1])
+        c = embedding_cosine(s, t)
+        out.update({"embedding_cosine": c.mean().item(), "embedding_cosine_p5": c.quantile(0.05).item(),
+                    "neighbour_agreement": neighbour_agreement(s, t, 10), "texts": len(s)})
+    return out

@@ -1,0 +1,129 @@
+"""The text a conversion learns from: the user's files, a general English corpus, or the shipped one.
+
+`read_texts(path, column)` takes
+  - .txt: one text per line;
+  - .jsonl: one JSON object per line, the text in `column`;
+  - .csv / .tsv: a header row, the text in `column`;
+  - a folder: every such file in it (recursively, sorted by name).
+Without `column`, the first of TEXT_COLUMNS that the file has is used.
+"""
+import csv
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+SHIPPED_CORPUS = Path(__file__).parent / "data" / "calibration.txt"
+SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv")
+TEXT_COLUMNS = ("text", "sentence", "content", "document", "body")
+# The default corpus when `datasets` can reach the hub: Wikipedia articles (WikiText-103).
+GENERAL_CORPUS = ("Salesforce/wikitext", "wikitext-103-raw-v1")
+
+
+def read_texts(path, column: str | None = None) -> list[str]:
+    """Non-empty texts of a file or folder; one clear error for anything unreadable or empty."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not files:
+            raise UserError(f"text folder {path} has no {', '.join(SUFFIXES)} files")
+        texts = [t for f in files for t in _read_file(f, column)]
+    else:
+        texts = _read_file(path, column)
+    if not texts:
+        raise UserError(f"text {'folder' if path.is_dir() else 'file'} {path} has no text")
+    return texts
+
+
+def _read_file(path: Path, column: str | None) -> list[str]:
+    suffix = path.suffix.lower()
+    if path.exists() and not path.is_file():
+        raise UserError(f"cannot read text file {path}: not a regular file")
+    if suffix not in SUFFIXES and suffix:
+        raise UserError(f"text file {path}: unknown format {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"cannot read text file {path}: no such file")
+    except OSError as e:
+        raise UserError(f"cannot read text file {path}: {e.strerror}")
+    except UnicodeDecodeError:
+        raise UserError(f"cannot read text file {path}: not UTF-8 text")
+    if "\x00" in raw:
+        raise UserError(f"cannot read text file {path}: it holds NUL bytes (a binary file?)")
+    if suffix in ("", ".txt"):
+        texts = raw.splitlines()
+    elif suffix == ".jsonl":
+        texts = _jsonl(path, raw, column)
+    else:
+        texts = _table(path, raw, column, "\t" if suffix == ".tsv" else ",")
+    return [t.strip() for t in texts if t.strip()]
+
+
+def _pick_column(path: Path, columns, column: str | None) -> str:
+    if column is not None:
+        if column not in columns:
+            raise UserError(f"{path}: no column {column!r}; it has {sorted(columns)}")
+        return column
+    for name in TEXT_COLUMNS:
+        if name in columns:
+            return name
+    raise UserError(f"{path}: none of the columns {sorted(columns)} is a usual text column "
+                    f"({', '.join(TEXT_COLUMNS)}); name it with --text-column")
+
+
+def _jsonl(path: Path, raw: str, column: str | None) -> list[str]:
+    texts, key = [], None
+    for n, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}, line {n}: not JSON ({e.msg})")
+        if not isinstance(row, dict):
+            raise UserError(f"{path}, line {n}: expected a JSON object per line")
+        key = key or _pick_column(path, row, column)
+        value = row.get(key)
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{path}, line {n}: {key!r} is not a string")
+        texts.append(value or "")
+    return texts
+
+
+def _table(path: Path, raw: str, column: str | None, delimiter: str) -> list[str]:
+    csv.field_size_limit(sys.maxsize)
+    rows = list(csv.reader(raw.splitlines(), delimiter=delimiter))
+    if not rows:
+        return []
+    key = _pick_column(path, rows[0], column)
+    i = rows[0].index(key)
+    return [row[i] for row in rows[1:] if len(row) > i]
+
+
+def default_texts(max_texts: int = 200_000, warn=print) -> tuple[list[str], str]:
+    """(texts, where they came from): the general corpus when `datasets` can reach the hub, else
+    the shipped corpus, with one line saying that real text from the user's domain does better."""
+    try:
+        import datasets
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise OSError("offline")
+        stream = datasets.load_dataset(*GENERAL_CORPUS, split="train", streaming=True)
+        texts = []
+        for row in stream:
+            line = row["text"].strip()
+            if line and not line.startswith("="):  # WikiText's section headings
+                texts.append(line)
+                if len(texts) >= max_texts:
+                    break
+        if texts:
+            return texts, "/".join(GENERAL_CORPUS)
+    except Exception:  # no package, no network, no such dataset: the shipped corpus below
+        pass
+    warn("Note: converting on fffconvert's small generated corpus; real text from your model's domain "
+         "(--calib-data) gives a more faithful model.")
+    return read_texts(SHIPPED_CORPUS), "fffconvert's generated corpus"
