@@ -93,7 +93,7 @@ def main():
 
 @main.command(epilog=EPILOG)
 @click.argument("model", required=False)
-@click.option("--depth", callback=_ints(1), default="10", show_default=True,
+@click.option("--depth", callback=_ints(1), default="8", show_default=True,
               help="Tree depth D (2^D leaves, D routing rows per token); comma-separated: one per layer.")
 @click.option("--leaf-width", callback=_ints(1), default=None,
               help="Neurons per leaf; comma-separated: one per layer. Default: ceil(FFN width / 2^D).")
@@ -111,6 +111,10 @@ def main():
 @click.option("--e2e-steps", type=click.IntRange(min=0), default=None,
               help="End-to-end distillation steps against the dense model (0: off). Default: see README.")
 @click.option("--e2e-batch-size", type=click.IntRange(min=1), default=None, help="Texts per end-to-end step.")
+@click.option("--e2e-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="A time budget instead of --e2e-steps: as many steps as fit, timed on this machine.")
+@click.option("--e2e-augment", type=click.FloatRange(0, 0.5), default=None,
+              help="Chance per token of deletion and of replacement in the end-to-end texts.")
 @click.option("--output", "-o", type=click.Path(), default=None, help="Output folder. Default: out/<model name>-fff.")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists (and start over).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted conversion into the same output.")
@@ -118,7 +122,7 @@ def main():
 @DEVICE
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a pickle-only (.bin) checkpoint. Only for files you trust.")
 def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column, calib_tokens, steps, e2e_steps,
-            e2e_batch_size, output, overwrite, resume, seed, device, allow_pickle):
+            e2e_batch_size, e2e_minutes, e2e_augment, output, overwrite, resume, seed, device, allow_pickle):
     """Convert MODEL (a local folder or a hub name; default: the embedded all-MiniLM-L6-v2)."""
     import shutil
     from pathlib import Path
@@ -131,7 +135,8 @@ def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column
     from .sources import embedded_model_path, inspect_source, load_dense
     from .texts import default_texts, read_texts
 
-    e2e = {k: v for k, v in (("steps", e2e_steps), ("batch_size", e2e_batch_size)) if v is not None}
+    e2e = {k: v for k, v in (("steps", e2e_steps), ("batch_size", e2e_batch_size), ("minutes", e2e_minutes),
+                             ("augment", e2e_augment)) if v is not None}
     config = FFFConfig(depth=depth, leaf_width=leaf_width, neurons_per_token=neurons_per_token, calib_tokens=calib_tokens,
                        seed=seed, distill=DistillConfig(steps=steps), e2e=E2EConfig(**e2e))
     source = model or str(embedded_model_path())

@@ -13,7 +13,7 @@ import json
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from .budget import allocate, candidate_widths, width_curve
 from .calibrate import capture_ffn_inputs, count_tokens, tokenize
 from .checkpoint import load_stage, save_stage
 from .distill import DistillConfig, distill_layer, layer_report
-from .e2e import E2EConfig, distill_model, text_collate
+from .e2e import E2EConfig, distill_model, steps_for_minutes, text_collate
 from .errors import UserError
 from .layer import FFF, default_leaf_width
 from .measures import Pooling, compare
@@ -128,14 +128,14 @@ def check_finite(model):
 
 
 @contextmanager
-def exact_numerics(tf32: bool = False):
+def exact_numerics(tf32: bool = False, deterministic: bool = True):
     """Same seed, same bits: deterministic algorithms (parallel accumulations such as gather
     backward otherwise reorder float sums), and, unless `tf32`, no TF32 matmuls even where the
     caller enabled them: the leaves' least squares solve normal equations whose ridge is ~1e-3 of
     their diagonal, the size of TF32's rounding, and can turn indefinite under it."""
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cuda.matmul.allow_tf32)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         yield
@@ -202,19 +202,29 @@ def convert(model, config: FFFConfig, texts: list, tokenizer, device="cpu", prog
 
     if teacher is not None:
         t = time.perf_counter()
-        collate = text_collate(tokenizer.pad_token_id or 0)
-        check = [{k: v.to(device) for k, v in collate(chunk).items()}
+        collate = text_collate(tokenizer.pad_token_id or 0, config.e2e.augment, ids)
+        check = [{k: v.to(device) for k, v in text_collate(tokenizer.pad_token_id or 0)(chunk).items()}
                  for chunk in _chunks(tokenize(tokenizer, heldout, config.max_length), 64)]
         model.eval()
         before = compare(model, teacher, check, pooling) if check else {}
-        with exact_numerics(tf32=True):
-            stats_e2e = distill_model(model, teacher, ids, collate, config.e2e, device=device, pooling=pooling,
+        e2e = config.e2e
+        if e2e.minutes:  # a time budget: the steps are measured here once, and kept for --resume
+            state = json.loads((run / "run.json").read_text()) if run else {}
+            steps = state.get("e2e_steps") if resume else None
+            steps = steps or steps_for_minutes(model, teacher, ids, collate, e2e, device, pooling, config.seed)
+            if run:
+                (run / "run.json").write_text(json.dumps({**state, "e2e_steps": steps}))
+            e2e = replace(e2e, steps=steps)
+        # On a GPU, deterministic kernels would cost end-to-end training much of its speed; a resumed
+        # run there equals an uninterrupted one up to the order of float sums.
+        with exact_numerics(tf32=True, deterministic=torch.device(device).type == "cpu"):
+            stats_e2e = distill_model(model, teacher, ids, collate, e2e, device=device, pooling=pooling,
                                       seed=config.seed, checkpoint_dir=run / "e2e" if run else None, resume=resume,
                                       progress=progress)
         model.eval()
         after = compare(model, teacher, check, pooling) if check else {}
         times["end_to_end"] = time.perf_counter() - t
-        model.config.fff["end_to_end"] = {"steps": config.e2e.steps, "batch_size": config.e2e.batch_size,
+        model.config.fff["end_to_end"] = {"steps": e2e.steps, "batch_size": e2e.batch_size,
                                           "heldout_texts": len(heldout), "layerwise_only": before, "after": after,
                                           "examples_per_s": stats_e2e["examples_per_s"]}
         model.config.fff["seconds"] = {k: round(v, 2) for k, v in times.items()}

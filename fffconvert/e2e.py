@@ -14,7 +14,7 @@ The whole student learns (attention, norms, embeddings too: they can make up for
 cannot hold), with dropout off: the aim is to reproduce the teacher, not to regularize.
 """
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +28,10 @@ from .train import TrainConfig, fit
 @dataclass
 class E2EConfig:
     steps: int = 2000  # optimizer steps (0: layer-wise fitting only)
-    batch_size: int = 64  # texts per step, over all GPUs
-    lr: float = 1e-4  # everything but the FFF layers
-    fff_lr: float = 5e-4  # the FFF layers
+    minutes: float | None = None  # a time budget instead: as many steps as fit, timed on a few probe steps
+    batch_size: int = 256  # texts per step, over all GPUs
+    lr: float = 3e-4  # everything but the FFF layers
+    fff_lr: float = 2e-3  # the FFF layers
     warmup: float = 0.06  # share of steps with a linear warm-up (then linear decay)
     soft_frac: float = 0.5  # share of the steps with soft routing; the rest is hard (what is saved)
     t_start: float = 0.3  # routing temperature at the start and the end of the soft phase
@@ -40,11 +41,14 @@ class E2EConfig:
     embedding_weight: float = 1.0  # the pooled embedding (embedding models only)
     logits_weight: float = 1.0  # the head's logits (models with a head only)
     kd_temperature: float = 2.0
+    augment: float = 0.0  # per token, the chance of its deletion and, again, of its replacement (see `perturbed`)
     checkpoint_every: int = 500
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("end-to-end steps must be >= 0, batch size and checkpoint interval >= 1")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError("end-to-end minutes must be > 0")
 
 
 def set_phase(model, cfg: E2EConfig, step: int, steps: int) -> float:
@@ -79,6 +83,19 @@ def distillation_loss(student_out, teacher_out, mask, cfg: E2EConfig, pooling: P
 
 def is_regression(model) -> bool:
     return getattr(model.config, "num_labels", 0) == 1 and hasattr(model, "classifier")
+
+
+PROBE_STEPS = 12
+
+
+def steps_for_minutes(student, teacher, examples, collate, cfg: E2EConfig, device="cpu", pooling=None, seed=0) -> int:
+    """Steps that fit in cfg.minutes on this machine, timed on PROBE_STEPS steps (soft and hard,
+    as the schedule mixes them) of a copy of the student."""
+    import copy
+
+    probe = replace(cfg, steps=PROBE_STEPS, minutes=None)
+    stats = distill_model(copy.deepcopy(student), teacher, examples, collate, probe, device, pooling, seed, progress=False)
+    return max(1, int(cfg.minutes * 60 * PROBE_STEPS / stats["seconds"]))
 
 
 def distill_model(student, teacher, examples, collate, cfg: E2EConfig, device="cpu", pooling: Pooling | None = None,
@@ -149,11 +166,36 @@ def routing_agreement(model, batches) -> float:
     return hits[0] / max(total[0], 1)
 
 
-def text_collate(pad_id: int):
-    """collate for token-id lists: padded input_ids and attention_mask."""
+def perturbed(ids: list[list[int]], rows: list[list[int]], p: float) -> list[list[int]]:
+    """Copies of `rows` (token ids with their special first and last tokens) in which each inner
+    token is deleted with probability p, or replaced with probability p by a token drawn from the
+    corpus `ids`. The teacher labels whatever it is shown, so perturbed text widens what the student
+    learns from beyond the few texts it has (TinyBERT's augmentation, without its word vectors).
+    Drawn from torch's generator, which the training loop seeds per step."""
+    out = []
+    for r in rows:
+        inner = r[1:-1]
+        u = torch.rand(len(inner)).tolist()
+        keep = []
+        for token, x in zip(inner, u):
+            if x < p:
+                continue
+            if x < 2 * p:
+                src = ids[int(torch.randint(len(ids), ()))]
+                token = src[int(torch.randint(1, max(2, len(src) - 1), ()))] if len(src) > 2 else token
+            keep.append(token)
+        out.append([r[0], *(keep or inner), r[-1]])
+    return out
+
+
+def text_collate(pad_id: int, augment: float = 0.0, corpus=None):
+    """collate for token-id lists: padded input_ids and attention_mask; with `augment`, the texts
+    perturbed first (`perturbed`, drawing replacements from `corpus`)."""
     def collate(rows):
+        if augment:
+            rows = perturbed(corpus, rows, augment)
         width = max(len(r) for r in rows)
-        ids = torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows])
+        input_ids = torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        return {"input_ids": ids, "attention_mask": mask}
+        return {"input_ids": input_ids, "attention_mask": mask}
     return collate

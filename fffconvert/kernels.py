@@ -89,8 +89,8 @@ def _(x, node_weight, node_bias, w1, b1, w2, leaf_bias, out_bias, activation):
 def hard_forward(layer, x: torch.Tensor) -> torch.Tensor:
     """Inference forward of `layer` on x [..., H]. Kernels produce no autograd graph, so an input
     that needs gradients takes the reference. (This runs once per layer per forward: kept lean.)"""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return layer.hard_forward(x)
+    if (torch.is_grad_enabled() and x.requires_grad) or torch.onnx.is_in_onnx_export():
+        return layer.hard_forward(x)  # ONNX export: the reference's graph of standard operators
     p = layer._parameters  # direct dict access: nn.Module.__getattr__ costs a microsecond a name
     compiling = torch.compiler.is_compiling()
     ext = _has_kernel(x.device.type, x.dtype) if compiling else kernel_for(x)
