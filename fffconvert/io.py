@@ -22,13 +22,14 @@ MAX_DEPTH = 24  # deeper trees than this hold more leaves than any model has tok
 CARD_TAGS = ["fffconvert", "fast-feedforward"]
 
 
-def model_card(model, command: str | None = None, source_card: dict | None = None, base_model: str | None = None):
+def model_card(model, command: str | None = None, source_card: dict | None = None, base_model: str | None = None,
+               sentence_transformers: bool = False):
     """README.md of a converted model (huggingface_hub.ModelCard): hub metadata and the report."""
     from huggingface_hub import ModelCard, ModelCardData
 
     fff = model.config.fff
     source_card = source_card or {}
-    library = "sentence-transformers" if source_card.get("library_name") == "sentence-transformers" else "transformers"
+    library = "sentence-transformers" if sentence_transformers else "transformers"
     data = ModelCardData(base_model=base_model, license=source_card.get("license"), library_name=library,
                          tags=CARD_TAGS + [t for t in source_card.get("tags", []) if t not in CARD_TAGS],
                          language=source_card.get("language"), pipeline_tag=source_card.get("pipeline_tag"))
@@ -99,7 +100,7 @@ def save_pretrained(model, path, tokenizer=None, overwrite=False, command=None, 
         for rel, data in (extra_files or {}).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)
-        model_card(model, command, source_card, base_model).save(tmp / "README.md")
+        model_card(model, command, source_card, base_model, "modules.json" in (extra_files or {})).save(tmp / "README.md")
     return Path(path)
 
 
@@ -176,3 +177,22 @@ def _fff_class(config, path):
 def _tied_keys(cls) -> list:
     keys = getattr(cls, "_tied_weights_keys", None) or []
     return list(keys.keys()) if isinstance(keys, dict) else list(keys)
+
+
+def push_to_hub(model_or_folder, repo_id: str, tokenizer=None, private: bool | None = None, token=None,
+                commit_message: str = "Upload a model converted by fffconvert"):
+    """Upload a converted model to the Hugging Face hub: a folder written by `save_pretrained`
+    (checked first, as `from_pretrained` would), or a model, saved into a temporary folder first."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(model_or_folder, (str, Path)):
+            folder = Path(model_or_folder)
+            check_converted_config(read_config(folder), folder)
+        else:
+            folder = save_pretrained(model_or_folder, Path(tmp) / "model", tokenizer)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
