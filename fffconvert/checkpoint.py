@@ -3,7 +3,8 @@ and a conversion's finished phases.
 
     model.safetensors      the model's weights
     optimizer.safetensors  every tensor of the optimizer state, keyed "<param index>.<name>"
-    state.json             step, losses, the optimizer's param groups and the scheduler's state
+    best.safetensors       the weights at the best evaluation so far (runs that evaluate)
+    state.json             step, losses, the optimizer's param groups, the scheduler's state, extra
 
 Written to a temporary folder and renamed, so a run killed while saving keeps the previous one.
 """
@@ -16,7 +17,9 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from .atomic import atomic_folder
 
 
-def save_checkpoint(path, model, opt, sched, step: int, losses: list[float]):
+def save_checkpoint(path, model, opt, sched, step: int, losses: list[float], extra: dict | None = None,
+                    best: dict | None = None):
+    """`extra`: more of the run's state (JSON); `best`: the weights of its best evaluation so far."""
     opt_state = opt.state_dict()
     tensors, scalars = {}, {}
     for idx, state in opt_state["state"].items():
@@ -28,14 +31,16 @@ def save_checkpoint(path, model, opt, sched, step: int, losses: list[float]):
     with atomic_folder(path, overwrite=True) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
+        if best is not None:
+            save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / "best.safetensors"))
         (tmp / "state.json").write_text(json.dumps({
             "step": step, "losses": losses, "param_groups": opt_state["param_groups"],
-            "optimizer_scalars": scalars, "scheduler": sched.state_dict(),
+            "optimizer_scalars": scalars, "scheduler": sched.state_dict(), "extra": extra or {},
         }))
 
 
-def load_checkpoint(path, model, opt, sched) -> tuple[int, list[float]]:
-    """Restore model, optimizer and scheduler in place; returns (step, losses)."""
+def load_checkpoint(path, model, opt, sched) -> tuple[int, list[float], dict, dict | None]:
+    """Restore model, optimizer and scheduler in place; returns (step, losses, extra, best weights)."""
     path = Path(path)
     device = next(model.parameters()).device
     load_model(model, str(path / "model.safetensors"), device=str(device))
@@ -52,7 +57,8 @@ def load_checkpoint(path, model, opt, sched) -> tuple[int, list[float]]:
             s["step"] = s["step"].cpu()
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     sched.load_state_dict(meta["scheduler"])
-    return meta["step"], meta["losses"]
+    best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").exists() else None
+    return meta["step"], meta["losses"], meta.get("extra", {}), best
 
 
 def save_stage(path, model, meta: dict):

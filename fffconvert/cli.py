@@ -148,6 +148,8 @@ def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column
     if output.exists() and resume:
         raise UserError(f"{output} is complete already; nothing to resume (--overwrite starts over)")
     run = output.with_name(f".{output.name}.run")
+    if run.exists() and _finished(run, output):  # killed after its save, before removing its checkpoints
+        shutil.rmtree(run)
     if run.exists() and not (resume or overwrite):
         raise UserError(f"a conversion into {output} was interrupted; its checkpoints are in {run}: "
                         "pass --resume to continue it, or --overwrite to start over")
@@ -162,6 +164,17 @@ def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column
     src = load_dense(source, allow_pickle)
     _convert_and_save(src, config, texts, where, output, overwrite, device, run, resume, model)
     shutil.rmtree(run, ignore_errors=True)
+
+
+def _finished(run, output) -> bool:
+    """Whether the conversion checkpointed in `run` was saved to `output` (same run key)."""
+    import json
+
+    try:
+        key = json.loads((run / "run.json").read_text())["key"]
+        return json.loads((output / "config.json").read_text())["fff"].get("run") == key
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _convert_and_save(src, config, texts, where, output, overwrite, device, run, resume, model_arg):

@@ -199,6 +199,8 @@ def convert(model, config: FFFConfig, texts: list, tokenizer, device="cpu", prog
             save_stage(stage, model, {"shapes": [(s["depth"], s["leaf_width"]) for s in stats],
                                       "layers": stats, "seconds": times})
     model.config.fff = report(config, act, ffn_width, stats, n_tokens, times)
+    if key:
+        model.config.fff["run"] = key  # which checkpoints this model came from (cli: stale ones are removed)
 
     if teacher is not None:
         t = time.perf_counter()

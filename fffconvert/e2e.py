@@ -99,10 +99,12 @@ def steps_for_minutes(student, teacher, examples, collate, cfg: E2EConfig, devic
 
 
 def distill_model(student, teacher, examples, collate, cfg: E2EConfig, device="cpu", pooling: Pooling | None = None,
-                  seed: int = 0, checkpoint_dir=None, resume=False, stop_after=None, progress=True):
+                  seed: int = 0, checkpoint_dir=None, resume=False, stop_after=None, progress=True,
+                  evaluate=None, eval_every: int = 0, patience: int = 0):
     """Distill `student` (converted) from `teacher` (dense) on `examples`, batched by
     `collate(list) -> dict of tensors` (a "labels" entry is ignored), for cfg.steps steps;
-    ends with hard routing. Returns the training loop's stats."""
+    ends with hard routing. With `evaluate`, keeps the best-scoring weights (train.fit).
+    Returns the training loop's stats."""
     teacher = teacher.to(device).eval()
     regression = is_regression(teacher)
     weight = {"hardening": 0.0}
@@ -123,10 +125,11 @@ def distill_model(student, teacher, examples, collate, cfg: E2EConfig, device="c
         return loss
 
     train = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, fff_lr=cfg.fff_lr, warmup=cfg.warmup,
-                        seed=seed, checkpoint_every=cfg.checkpoint_every, dropout=False)
+                        seed=seed, checkpoint_every=cfg.checkpoint_every, dropout=False, eval_every=eval_every,
+                        patience=patience)
     stats = fit(student, examples, collate, loss_fn, train, device=device, checkpoint_dir=checkpoint_dir,
                 resume=resume, on_step=on_step, desc="end-to-end distillation", stop_after=stop_after,
-                progress=progress)
+                progress=progress, evaluate=evaluate)
     for layer in fff_layers(student):
         layer.soft, layer.last_hardening = False, None
     return stats

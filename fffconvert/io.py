@@ -10,10 +10,10 @@ clear error, never a traceback or a silently random layer.
 import json
 from pathlib import Path
 
-from .atomic import atomic_folder
+from .atomic import atomic_folder, recover
 from .errors import UserError
-from .folders import (check_finite, check_shapes, fetch, header_shapes, load_weights, meta_shapes, read_config,
-                      weight_files)
+from .folders import (check_finite, check_shapes, fetch, header_shapes, is_local, load_weights, meta_shapes,
+                      read_config, weight_files)
 from .modeling import CONFIGS, as_fff_model, register
 from .surgery import fff_shapes, source_type
 
@@ -129,6 +129,8 @@ def from_pretrained(name_or_path, device="cpu", dtype=None):
     """Load a converted model (a folder, or a hub id): its FFF transformers class, in eval mode,
     after checking that its files are sound and match its config."""
     register()
+    if is_local(str(name_or_path)):
+        recover(Path(name_or_path))  # finish (or undo) a save that was killed halfway
     path = fetch(str(name_or_path), what="converted model")
     raw = read_config(path)
     check_converted_config(raw, path)

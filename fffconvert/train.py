@@ -7,6 +7,9 @@
 - Checkpoints (safetensors only) every `checkpoint_every` steps, written by rank 0.
 - No host synchronization per step: losses stay on the device and are read (and checked for
   being finite) every `log_every` steps and at checkpoints.
+- Selection on held-out data: with `evaluate` and `eval_every`, the model is scored every
+  eval_every steps and at the end (higher is better); the best weights are kept (and
+  checkpointed) and restored at the end; `patience` evaluations without a gain stop the run.
 """
 import math
 import os
@@ -33,6 +36,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     dropout: bool = True  # False: dropout off (eval mode) everywhere but in the FFF layers, which train
     log_every: int = 50
+    eval_every: int = 0  # steps between evaluations (with `evaluate`); 0: only at the end
+    patience: int = 0  # evaluations without a gain before stopping; 0: never stop early
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -85,12 +90,14 @@ def _train_mode(model, dropout: bool):
 
 
 def fit(model, examples, collate, loss_fn, cfg: TrainConfig, device="cpu", checkpoint_dir=None, resume=False,
-        on_step=None, desc="training", stop_after=None, progress=True):
+        on_step=None, desc="training", stop_after=None, progress=True, evaluate=None):
     """Train `model` on `examples` for cfg.steps steps of loss_fn(model, batch, step).
 
     collate(list of examples) -> dict of tensors. on_step(step) runs before each step (schedules).
+    evaluate(model) -> score on held-out data, higher is better (see the module's docstring).
     stop_after: leave the loop after this many steps of this call (to test resuming).
-    Returns {"steps", "seconds", "examples_per_s", "losses"}.
+    Returns {"steps", "seconds", "examples_per_s", "losses"} and, with `evaluate`, "evaluations"
+    ([step, score] pairs), "best_step" and "best_score".
     """
     rank, world = rank_and_world()
     trained = model
@@ -99,9 +106,10 @@ def fit(model, examples, collate, loss_fn, cfg: TrainConfig, device="cpu", check
             model, device_ids=[torch.device(device).index] if "cuda" in str(device) else None,
             find_unused_parameters=True)  # hard routing leaves the routing nodes without gradients
     opt, sched = _optimizer(model, cfg)
-    start, losses = 0, []
+    start, losses, track, best = 0, [], {"evaluations": [], "best_step": None, "best_score": None}, None
     if resume and checkpoint_dir and os.path.exists(os.path.join(checkpoint_dir, "state.json")):
-        start, losses = load_checkpoint(checkpoint_dir, model, opt, sched)
+        start, losses, extra, best = load_checkpoint(checkpoint_dir, model, opt, sched)
+        track.update(extra)
     _train_mode(model, cfg.dropout)
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="step", disable=rank != 0 or not progress)
     t0, done, pending = time.perf_counter(), 0, []
@@ -126,17 +134,39 @@ def fit(model, examples, collate, loss_fn, cfg: TrainConfig, device="cpu", check
         if save or len(pending) >= cfg.log_every or step + 1 == cfg.steps:
             losses += _read_losses(pending, desc, step)
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
+        stop = False
+        if evaluate is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps):
+            best, stop = _evaluate(model, evaluate, step + 1, track, best, cfg)
         if save:
             if rank == 0:
-                save_checkpoint(checkpoint_dir, model, opt, sched, step + 1, losses)
+                save_checkpoint(checkpoint_dir, model, opt, sched, step + 1, losses, track, best)
             if world > 1:
                 dist.barrier()
+        if stop:
+            break
     losses += _read_losses(pending, desc, start + done - 1)
     bar.close()
     seconds = time.perf_counter() - t0
+    if best is not None:
+        model.load_state_dict(best)
     model.eval()
-    return {"steps": done, "seconds": seconds, "examples_per_s": done * cfg.batch_size / max(seconds, 1e-9),
-            "losses": losses}
+    stats = {"steps": done, "seconds": seconds, "examples_per_s": done * cfg.batch_size / max(seconds, 1e-9),
+             "losses": losses}
+    return {**stats, **track} if evaluate is not None else stats
+
+
+def _evaluate(model, evaluate, step: int, track: dict, best, cfg: TrainConfig):
+    """Score the model; keep its weights if best so far. Returns (best weights, stop?)."""
+    model.eval()
+    with torch.no_grad():
+        score = float(evaluate(model))
+    _train_mode(model, cfg.dropout)
+    track["evaluations"].append([step, score])
+    if track["best_score"] is None or score > track["best_score"]:
+        track["best_score"], track["best_step"] = score, step
+        best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    since = sum(1 for s, _ in track["evaluations"] if s > track["best_step"])
+    return best, bool(cfg.patience) and since >= cfg.patience
 
 
 def _read_losses(pending: list, desc: str, step: int) -> list[float]:

@@ -1,13 +1,20 @@
-"""GLUE recipe: finetune the dense model, convert it, distill it, evaluate both; report accuracy and speed.
+"""GLUE recipe: a dense teacher, an FFF student in two stages, both scored on dev; accuracy and speed.
 
-    python recipes/glue.py --task sst2 --depth 10 --data-dir ../shared/glue --output out/glue/sst2
-    python recipes/glue.py --task mrpc --depth 4,6,8,10 ...        # a sweep: curve (PNG) and table
-    torchrun --nproc-per-node 2 recipes/glue.py --task sst2 ...     # several GPUs (DDP)
+    fffconvert MODEL --output out/general                    # once: the general FFF model
+    python recipes/glue.py --task sst2 --general out/general --data-dir GLUE --output out/glue/sst2
+    python recipes/glue.py --task mrpc --depth 6,8,10 ...      # general models made here: a sweep
+    torchrun --nproc-per-node 2 recipes/glue.py --task sst2 ... # several GPUs (DDP)
 
-MODEL (--model) is a local folder or a hub name (default: the embedded all-MiniLM-L6-v2). If it
-already is a sequence classifier with the task's number of labels it is used as the dense model
-as it is; otherwise it is finetuned first. Writes, under --output: dense/ (the finetuned model),
-fff-d<D>/ (each converted model), results.json and results.md (and sweep.png for several depths).
+1. Teacher: MODEL (--model; default the embedded all-MiniLM-L6-v2) if it already is a classifier
+   for the task, else MODEL finetuned on the task.
+2. Student, as the strongest compressed BERTs are made: the general, task-agnostic FFF model
+   (--general, a folder `fffconvert MODEL` wrote; else converted here, at each --depth, on the
+   general corpus plus the task's training text) with the teacher's task head, then distilled on
+   the task (hard routing, logits and hidden states).
+3. Both scored on dev, with the retention, and timed side by side.
+
+Every default is a rule of the task's own training data (glue_rules.py); dev is only reported.
+Writes, under --output: dense/, fff-<name>/, results.json, results.md (sweep.png for a sweep).
 """
 import copy
 import json
@@ -22,17 +29,20 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import glue_rules as rules  # noqa: E402
 from augment import augment  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split, score  # noqa: E402
 
 import fffconvert  # noqa: E402
-from fffconvert.bench import DTYPES, BenchConfig, bench_layer, time_models  # noqa: E402
+from fffconvert.bench import DTYPES, BenchConfig, bench_layer, random_ids, time_models  # noqa: E402
+from fffconvert.atomic import check_writable  # noqa: E402
 from fffconvert.convert import FFFConfig  # noqa: E402
-from fffconvert.distill import DistillConfig  # noqa: E402
-from fffconvert.e2e import E2EConfig, distill_model, routing_agreement, soft_routing  # noqa: E402
-from fffconvert.sources import embedded_model_path  # noqa: E402
+from fffconvert.e2e import E2EConfig, distill_model, routing_agreement  # noqa: E402
 from fffconvert.errors import UserError  # noqa: E402
-from fffconvert.surgery import spec_for  # noqa: E402
+from fffconvert.io import check_converted_config  # noqa: E402
+from fffconvert.sources import embedded_model_path, load_dense  # noqa: E402
+from fffconvert.surgery import fff_layers  # noqa: E402
+from fffconvert.texts import default_texts  # noqa: E402
 from fffconvert.train import TrainConfig, fit, init_distributed, rank_and_world  # noqa: E402
 
 
@@ -47,11 +57,11 @@ def make_collate(tokenizer, regression: bool, max_length: int):
 
 
 @torch.no_grad()
-def evaluate(model, task: str, dev: dict, collate, device, batch_size=128) -> dict:
-    """Metrics on every dev split; keys prefixed with the split when there are several."""
+def evaluate(model, task: str, splits: dict, collate, device, batch_size=128) -> dict:
+    """Metrics on every split; keys prefixed with the split when there are several."""
     model.eval()
     out = {}
-    for split, rows in dev.items():
+    for split, rows in splits.items():
         preds, labels = [], []
         for i in range(0, len(rows), batch_size):
             batch = {k: v.to(device) for k, v in collate(rows[i: i + batch_size]).items()}
@@ -59,76 +69,120 @@ def evaluate(model, task: str, dev: dict, collate, device, batch_size=128) -> di
             logits = model(**batch).logits.float().cpu()
             preds.append(logits[:, 0] if TASKS[task].num_labels == 1 else logits.argmax(-1))
         metrics = score(task, torch.cat(preds).numpy(), torch.cat(labels).numpy())
-        out.update({(f"{split}_{k}" if len(dev) > 1 else k): v for k, v in metrics.items()})
+        out.update({(f"{split}_{k}" if len(splits) > 1 else k): v for k, v in metrics.items()})
     return out
 
 
-def dense_model(source: str, task: str, train, collate, args, device, out: Path):
-    """The finetuned dense classifier: MODEL itself if it already is one for this task, else finetuned."""
-    config = transformers.AutoConfig.from_pretrained(source)
-    spec_for(config)
+def headline(task: str, metrics: dict) -> float:
+    key = TASKS[task].metrics[0]
+    return metrics[next(k for k in metrics if k.endswith(key))]
+
+
+def teacher_model(source: str, task: str, learn, heldout, collate, args, device, out: Path):
+    """(teacher, report): MODEL if it is a classifier for the task, else the best finetuning on
+    the held-out split over the rates and epochs of glue_rules.finetune_plan."""
     num_labels = TASKS[task].num_labels
+    config = transformers.AutoConfig.from_pretrained(source)
     arch = (config.architectures or [""])[0]
     if arch.endswith("ForSequenceClassification") and config.num_labels == num_labels:
-        return transformers.AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.float32).to(device), None
+        return transformers.AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.float32).to(device), {}
     saved = out / "dense"
-    if args.resume and (saved / "config.json").exists():
-        return transformers.AutoModelForSequenceClassification.from_pretrained(saved, dtype=torch.float32).to(device), None
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=num_labels, dtype=torch.float32).to(device)
-    steps = args.finetune_steps or min(max(3 * len(train) // args.batch_size, 1000), 2000)
-    cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    stats = fit(model, train, collate, lambda m, b, s: m(**b).loss, cfg, device=device,
-                checkpoint_dir=out / "checkpoints" / "dense", resume=args.resume, desc="finetuning")
+    if args.resume and (saved / "report.json").exists():
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(saved, dtype=torch.float32).to(device)
+        return model, json.loads((saved / "report.json").read_text())
+    rates, epochs = rules.finetune_plan(len(learn))
+    steps = epochs * max(1, len(learn) // rules.FINETUNE_BATCH)
+    best, report = None, {"tried": []}
+    for lr in rates:
+        transformers.set_seed(args.seed)  # the head's initialization, then every step: a function of the seed
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=num_labels, dtype=torch.float32).to(device)
+        cfg = TrainConfig(steps=steps, batch_size=rules.FINETUNE_BATCH, lr=lr, warmup=0.1, seed=args.seed,
+                          checkpoint_every=args.checkpoint_every,
+                          eval_every=rules.evaluations_per_epoch(len(learn), rules.FINETUNE_BATCH))
+        stats = fit(model, learn, collate, lambda m, b, s: m(**b).loss, cfg, device=device, desc=f"finetuning, lr {lr:g}",
+                    checkpoint_dir=out / "checkpoints" / f"dense-lr{lr:g}", resume=args.resume,
+                    evaluate=lambda m: headline(task, evaluate(m, task, {"heldout": heldout}, collate, device)))
+        report["tried"].append({"lr": lr, "best_step": stats["best_step"], "heldout": stats["best_score"],
+                                "seconds": stats["seconds"]})
+        if best is None or stats["best_score"] > best[1]:
+            best = (model, stats["best_score"], lr, stats["best_step"])
+        else:
+            del model
+    model, score_, lr, step = best
+    metric = TASKS[task].metrics[0]
+    chance = rules.chance_score(task, heldout, metric)
+    report.update({"lr": lr, "step": step, "steps_per_run": steps, "heldout": score_, "chance": chance,
+                   "near_chance": score_ <= chance + rules.NEAR_CHANCE_POINTS})
     if rank_and_world()[0] == 0:
         model.save_pretrained(saved)
-    return model, stats
+        (saved / "report.json").write_text(json.dumps(report, indent=2))
+    return model, report
 
 
-def measure_speed(dense, fff, cfg_layer: dict, device, batch, seq_len) -> dict:
-    """FFN-layer and end-to-end speed ratios of the FFF model against the dense one, on this machine."""
-    bc = BenchConfig(device=device.split(":")[0], dtype="bfloat16" if "cuda" in device else "float32",
-                     tokens=[batch * seq_len], repeats=10, model=False, **cfg_layer)
-    layer = bench_layer(bc)[0]
-    dtype = DTYPES[bc.dtype]
-    d, f = copy.deepcopy(dense).to(device, dtype).eval(), fff.to(device, dtype).eval()  # fff: its last use
-    ids = torch.randint(1000, dense.config.vocab_size, (batch, seq_len), device=device)
-    t = time_models(d, f, ids, bc)
-    return {"dtype": bc.dtype, "tokens": batch * seq_len, "ffn_layer_speedup": layer["speedup_kernel"],
-            "model_speedup": t["speedup"], "model_speedup_graph": t.get("speedup_graph"), "model": t}
+def general_model(args, depth: int, source: str, learn, device, out: Path) -> Path:
+    """The general FFF model of MODEL at `depth`: converted here (fffconvert's defaults) on the
+    general corpus plus the task's learning texts, once per output folder."""
+    path = out / f"general-d{depth}"
+    if (path / "config.json").exists():
+        return path
+    src = load_dense(source)
+    general, _ = default_texts(warn=lambda m: click.echo(m, err=True))
+    texts = general + [" ".join(r[:-1]) for r in learn]
+    e2e = E2EConfig() if args.general_steps is None else E2EConfig(steps=args.general_steps)
+    model = fffconvert.convert(src.model, FFFConfig(depth=depth, seed=args.seed, e2e=e2e), texts, src.tokenizer,
+                               device=device, pooling=src.pooling, progress=rank_and_world()[0] == 0)
+    if rank_and_world()[0] == 0:
+        fffconvert.save_pretrained(model.cpu(), path, src.tokenizer, overwrite=True, extra_files=src.extra_files)
+    return path
 
 
-def convert_and_distill(dense, tokenizer, depth, task, train, dev, collate, args, device, out: Path) -> dict:
+def student_model(general: Path, teacher, task: str, device):
+    """The general FFF model's body with the teacher's task head (and pooler)."""
+    student = transformers.AutoModelForSequenceClassification.from_pretrained(
+        general, num_labels=TASKS[task].num_labels, dtype=torch.float32)
+    prefix = student.base_model_prefix + "."
+    head = {k: v for k, v in teacher.state_dict().items() if not k.startswith(prefix) or k.startswith(prefix + "pooler.")}
+    missing = set(head) - set(student.state_dict())
+    if missing:
+        raise UserError(f"the general model {general} does not fit the teacher's head ({sorted(missing)[:2]})")
+    student.load_state_dict(head, strict=False)
+    return student.to(device)
+
+
+def distill_on_task(student, teacher, name, task, learn, heldout, dev, collate, args, device, out: Path) -> dict:
     t0 = time.perf_counter()
-    student = copy.deepcopy(dense)
-    texts = [row[:-1] if len(row) > 2 else row[0] for row in train]
-    config = FFFConfig(depth=depth, calib_tokens=args.calib_tokens, seed=args.seed,
-                       distill=DistillConfig(steps=args.layerwise_steps), e2e=E2EConfig(steps=0))
-    student = fffconvert.convert(student, config, texts, tokenizer, device=device, progress=rank_and_world()[0] == 0)
-    t_convert = time.perf_counter() - t0
-    e2e = E2EConfig(steps=args.distill_steps, batch_size=args.distill_batch_size, lr=args.lr, fff_lr=args.fff_lr,
+    copies = rules.augment_copies(len(learn))
+    transfer = learn + augment(learn, copies, seed=args.seed)
+    cfg = E2EConfig(steps=args.max_distill_steps, batch_size=rules.DISTILL_BATCH, lr=1e-4, fff_lr=5e-4, soft_frac=0.0,
                     checkpoint_every=args.checkpoint_every)
-    copies = args.augment if args.augment is not None else (4 if len(train) < 20000 else 2)
-    transfer = train + augment(train, copies, seed=args.seed)
-    stats = distill_model(student, dense, transfer, collate, e2e, device=device, seed=args.seed,
-                          checkpoint_dir=out / "checkpoints" / f"distill-d{depth}", resume=args.resume)
-    t_distill = time.perf_counter() - t0 - t_convert
-    hard = evaluate(student, task, dev, collate, device)
-    with soft_routing(student):
-        soft = evaluate(student, task, dev, collate, device)
+    stats = distill_model(student, teacher, transfer, collate, cfg, device=device, seed=args.seed,
+                          checkpoint_dir=out / "checkpoints" / f"distill-{name}", resume=args.resume,
+                          evaluate=lambda m: headline(task, evaluate(m, task, {"heldout": heldout}, collate, device)),
+                          eval_every=rules.EVAL_EVERY, patience=rules.PATIENCE)
     first_dev = next(iter(dev.values()))
     batches = [{k: v.to(device) for k, v in collate(first_dev[i: i + 64]).items()} for i in range(0, min(len(first_dev), 512), 64)]
     fff = student.config.fff
-    row = {"depth": depth, "leaf_width": fff["layers"][0]["leaf_width"], "rows_per_token": fff["rows_per_token"],
-           "fff": hard, "fff_soft": soft,
-           "agreement": routing_agreement(student, batches), "distill_examples_per_s": stats["examples_per_s"],
-           "distill_steps": e2e.steps, "distill_batch_size": e2e.batch_size, "distill_examples": len(transfer),
-           "seconds": {"convert": t_convert, "distill": t_distill},
-           "layerwise": fff["layers"]}
+    row = {"name": name, "depths": sorted({r["depth"] for r in fff["layers"]}), "rows_per_token": fff["rows_per_token"],
+           "fff": evaluate(student, task, dev, collate, device), "agreement": routing_agreement(student, batches),
+           "distill": {k: stats[k] for k in ("steps", "best_step", "best_score", "examples_per_s", "evaluations")},
+           "augment_copies": copies, "distill_examples": len(transfer), "seconds": time.perf_counter() - t0}
     if rank_and_world()[0] == 0:
-        fffconvert.save_pretrained(student, out / f"fff-d{depth}", tokenizer, overwrite=True,
-                                   command=" ".join(["python", *sys.argv]))
-    return row, student
+        fffconvert.save_pretrained(student, out / f"fff-{name}", overwrite=True, command=" ".join(["python", *sys.argv]))
+    return row
+
+
+def measure_speed(dense, fff, device, batch, seq_len) -> dict:
+    """FFN-layer and whole-model speed of the FFF model against the dense one, on this machine."""
+    layer = fff_layers(fff)[0]
+    bc = BenchConfig(device=device.split(":")[0], dtype="bfloat16" if "cuda" in device else "float32",
+                     tokens=[batch * seq_len], repeats=10, model=False, hidden=layer.hidden_size,
+                     ffn=fff.config.fff["dense_ffn_width"], depth=layer.depth, leaf_width=layer.leaf_width)
+    dtype = DTYPES[bc.dtype]
+    d, f = copy.deepcopy(dense).to(device, dtype).eval(), copy.deepcopy(fff).to(device, dtype).eval()
+    t = time_models(d, f, random_ids(dense.config.vocab_size, batch, seq_len, device), bc)
+    return {"dtype": bc.dtype, "tokens": batch * seq_len, "ffn_layer_speedup": bench_layer(bc)[0]["speedup_kernel"],
+            "model_speedup": t["speedup"], "model_speedup_graph": t.get("speedup_graph"), "model": t}
 
 
 def write_reports(results: dict, out: Path):
@@ -136,106 +190,124 @@ def write_reports(results: dict, out: Path):
     task, dense = results["task"], results["dense"]
     head = TASKS[task].metrics[0]
     key = next(k for k in dense if k.endswith(head))
+    t = results.get("teacher") or {}
     lines = [f"# GLUE {task}: dense vs FFF ({results['model']})", "",
-             f"Dense (finetuned) dev {key}: **{dense[key]:.2f}**. Machine: {results['machine']}.", "",
-             "| depth | FFN rows per token | FFF dev " + key + " | retention | soft-routing " + key
-             + " | hard/soft agreement | FFN layer speedup | model speedup | convert s | distill s |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"Dense teacher dev {key}: **{dense[key]:.2f}**" + (f" (learning rate {t['lr']:g}, step {t['step']}, chosen on "
+             f"a held-out split of train: {t['heldout']:.2f}; always the majority class: {t['chance']:.2f})" if t else "")
+             + f". Machine: {results['machine']}.", ""]
+    if t.get("near_chance"):
+        lines += ["**The teacher is near chance on the held-out split: retention against it means little.**", ""]
+    lines += ["| student | neurons per token | FFF dev " + key + " | retention | hard/soft agreement | distill steps (best) "
+              "| FFN layer speedup | model speedup | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["fff"]:
         s = r.get("speed", {})
-        graph = f" ({s['model_speedup_graph']:.2f}x as CUDA graphs)" if s.get("model_speedup_graph") else ""
-        lines.append(f"| {r['depth']} | {r['rows_per_token']:.1f} of {results['dense_ffn_width']} | {r['fff'][key]:.2f} "
-                     f"| {100 * r['fff'][key] / dense[key]:.1f}% | {r['fff_soft'][key]:.2f} | {r['agreement']:.3f} "
-                     f"| {s.get('ffn_layer_speedup', float('nan')):.1f}x | {s.get('model_speedup', float('nan')):.2f}x{graph} "
-                     f"| {r['seconds']['convert']:.0f} | {r['seconds']['distill']:.0f} |")
-    speed = results["fff"][0].get("speed", {})
-    lines += ["", f"All metrics: dense {json.dumps({k: round(v, 2) for k, v in dense.items()})}",
-              f"Speed measured at {speed.get('tokens')} tokens, {speed.get('dtype')}, side by side in one process.",
+        lines.append(f"| {r['name']} | {r['rows_per_token']:.1f} of {results['dense_ffn_width']} | {r['fff'][key]:.2f} "
+                     f"| {100 * r['fff'][key] / dense[key]:.1f}% | {r['agreement']:.3f} "
+                     f"| {r['distill']['steps']} ({r['distill']['best_step']}) | {s.get('ffn_layer_speedup', float('nan')):.1f}x "
+                     f"| {s.get('model_speedup', float('nan')):.2f}x | {r['seconds']:.0f} |")
+    lines += ["", f"All dense metrics: {json.dumps({k: round(v, 2) for k, v in dense.items()})}",
               f"Total wall time: {results['seconds_total']:.0f} s. Command: `{results['command']}`"]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     if len(results["fff"]) > 1:
-        import matplotlib
+        plot_sweep(results, key, out / "sweep.png")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        xs = [r["rows_per_token"] for r in results["fff"]]
-        ax.plot(xs, [r["fff"][key] for r in results["fff"]], "o-", label="FFF (hard routing)")
-        for x, r in zip(xs, results["fff"]):
-            ax.annotate(f"D={r['depth']}", (x, r["fff"][key]), textcoords="offset points", xytext=(4, -10), fontsize=8)
-        ax.axhline(dense[key], color="gray", ls="--", label=f"dense ({results['dense_ffn_width']} neurons)")
-        ax.set_xlabel("FFN weight rows touched per token")
-        ax.set_ylabel(f"dev {key}")
-        ax.set_title(f"GLUE {task}")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "sweep.png", dpi=120)
+def plot_sweep(results, key, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs = [r["rows_per_token"] for r in results["fff"]]
+    ax.plot(xs, [r["fff"][key] for r in results["fff"]], "o-", label="FFF (hard routing)")
+    for x, r in zip(xs, results["fff"]):
+        ax.annotate(r["name"], (x, r["fff"][key]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.axhline(results["dense"][key], color="gray", ls="--", label=f"dense ({results['dense_ffn_width']} neurons)")
+    ax.set_xlabel("FFN neurons per token (routing + leaf)")
+    ax.set_ylabel(f"dev {key}")
+    ax.set_title(f"GLUE {results['task']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 @click.command()
 @click.option("--task", type=click.Choice(sorted(TASKS)), required=True)
 @click.option("--model", "source", default=None, help="Local folder or hub name. Default: embedded all-MiniLM-L6-v2.")
-@click.option("--depth", default="10", help="Tree depth, or comma-separated depths for a sweep.")
+@click.option("--general", "generals", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="A general FFF model of MODEL (`fffconvert MODEL ...`); repeat for a sweep. Default: made here.")
+@click.option("--depth", default="8", show_default=True, help="Depth(s) of the general models made here (comma-separated: a sweep).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder in the GLUE TSV layout. Default: the hub, through `datasets`.")
 @click.option("--output", type=click.Path(file_okay=False), required=True)
-@click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=5e-5, show_default=True)
-@click.option("--fff-lr", type=float, default=5e-4, show_default=True, help="Learning rate of the FFF layers.")
-@click.option("--finetune-steps", type=int, default=None, help="Default: 3 epochs, within 1000 to 2000 steps.")
-@click.option("--distill-steps", type=int, default=3000, show_default=True)
-@click.option("--distill-batch-size", type=int, default=128, show_default=True)
-@click.option("--augment", type=int, default=None,
-              help="Perturbed copies of each training example added to the distillation data (recipes/augment.py). "
-                   "Default: 4 below 20k training examples, else 2.")
-@click.option("--layerwise-steps", type=int, default=100, show_default=True)
-@click.option("--calib-tokens", type=int, default=32768, show_default=True)
-@click.option("--max-train", type=int, default=None, help="Use only the first N training rows (quick runs).")
-@click.option("--max-dev", type=int, default=None, help="Use only the first N rows of each dev split.")
-@click.option("--max-length", type=int, default=128, show_default=True)
-@click.option("--checkpoint-every", type=int, default=500, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--max-train", type=click.IntRange(min=4), default=None, help="Use only the first N training rows (quick runs).")
+@click.option("--max-dev", type=click.IntRange(min=1), default=None, help="Use only the first N rows of each dev split.")
+@click.option("--max-length", type=click.IntRange(min=8, max=512), default=128, show_default=True)
+@click.option("--general-steps", type=click.IntRange(min=0), default=None,
+              help="End-to-end steps of the general models made here. Default: fffconvert's.")
+@click.option("--max-distill-steps", type=click.IntRange(min=1), default=rules.DISTILL_STEPS, show_default=True,
+              help="At most this many task distillation steps (held-out scores stop it earlier).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints under --output.")
 @click.option("--no-speed", is_flag=True, help="Skip the speed measurement.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(task, source, depth, data_dir, output, device, **kw):
-    """Finetune, convert, distill and evaluate one GLUE task; write results.json and results.md."""
+def main(task, source, generals, depth, data_dir, output, device, **kw):
+    """Finetune (or take) a teacher, distill an FFF student in two stages, score both; write results."""
     args = SimpleNamespace(**kw)
     try:
         depths = [int(d) for d in depth.split(",")]
-        run(task, source, depths, data_dir, Path(output), device, args)
-    except (DataError, UserError, ValueError) as e:
+        if any(d < 1 for d in depths):
+            raise ValueError
+    except ValueError:
+        click.echo(f"Error: --depth must be integers >= 1, got {depth!r}", err=True)
+        sys.exit(2)
+    try:
+        run(task, source, list(generals), depths, data_dir, Path(output), device, args)
+    except (DataError, UserError) as e:
         if os.environ.get("FFFCONVERT_DEBUG"):
             raise
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
 
 
-def run(task, source, depths, data_dir, out: Path, device, args):
+def run(task, source, generals, depths, data_dir, out: Path, device, args):
     t0 = time.perf_counter()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but torch sees no CUDA GPU")
+    source = source or str(embedded_model_path())
+    train = load_split(task, "train", data_dir)[: args.max_train]  # every input is read before any work
+    dev = {split: load_split(task, split, data_dir)[: args.max_dev] for split in TASKS[task].dev}
+    if len(train) < 4:
+        raise DataError(f"{task} train has {len(train)} rows: too few to hold some out and learn from the rest")
+    for g in generals:
+        check_converted_config(json.loads((Path(g) / "config.json").read_text()), g)
+    check_writable(out)
     device = init_distributed(device)
     torch.backends.cuda.matmul.allow_tf32 = True  # as HF Trainer's tf32=True: training's matmuls on tensor cores
     rank, world = rank_and_world()
-    source = source or str(embedded_model_path())
-    train = load_split(task, "train", data_dir)[: args.max_train]
-    dev = {split: load_split(task, split, data_dir)[: args.max_dev] for split in TASKS[task].dev}
     out.mkdir(parents=True, exist_ok=True)
+    regression = TASKS[task].num_labels == 1
+    learn, heldout = rules.split_heldout(train, args.seed, classification=not regression)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    collate = make_collate(tokenizer, TASKS[task].num_labels == 1, args.max_length)
-    dense, finetune = dense_model(source, task, train, collate, args, device, out)
+    collate = make_collate(tokenizer, regression, args.max_length)
+    teacher, teacher_report = teacher_model(source, task, learn, heldout, collate, args, device, out)
     results = {"task": task, "model": source, "world_size": world, "command": " ".join(["python", *sys.argv]),
                "machine": torch.cuda.get_device_name() if "cuda" in device else f"CPU, {torch.get_num_threads()} threads",
-               "dense": evaluate(dense, task, dev, collate, device), "fff": [],
-               "dense_ffn_width": dense.config.intermediate_size if hasattr(dense.config, "intermediate_size") else None,
-               "finetune": None if finetune is None else {k: finetune[k] for k in ("steps", "seconds", "examples_per_s")}}
-    for depth in depths:
-        row, student = convert_and_distill(dense, tokenizer, depth, task, train, dev, collate, args, device, out)
+               "split": {"learn": len(learn), "heldout": len(heldout)}, "teacher": teacher_report,
+               "dense": evaluate(teacher, task, dev, collate, device), "fff": [],
+               "dense_ffn_width": getattr(teacher.config, "intermediate_size", None) or getattr(teacher.config, "hidden_dim", None)}
+    paths = [(Path(g).name, Path(g)) for g in generals] or [(f"d{d}", general_model(args, d, source, learn, device, out))
+                                                              for d in depths]
+    for name, path in paths:
+        student = student_model(path, teacher, task, device)
+        row = distill_on_task(student, teacher, name, task, learn, heldout, dev, collate, args, device, out)
         if not args.no_speed and rank == 0:
-            fff = student.config.fff
             batch, seq = (64, 128) if "cuda" in device else (8, 128)
-            row["speed"] = measure_speed(dense, student, {"hidden": dense.config.hidden_size, "ffn": fff["dense_ffn_width"],
-                                                          "depth": depth, "leaf_width": fff["layers"][0]["leaf_width"]}, device, batch, seq)
+            row["speed"] = measure_speed(teacher, student, device, batch, seq)
         results["fff"].append(row)
         results["seconds_total"] = time.perf_counter() - t0
         if rank == 0:

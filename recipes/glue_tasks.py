@@ -49,8 +49,13 @@ def read_tsv(path: Path, task: Task) -> list[tuple]:
     if not path.exists():
         raise DataError(f"{path}: no such file (expected the GLUE layout <data-dir>/{task.folder}/{path.name})")
     csv.field_size_limit(sys.maxsize)
-    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: MRPC starts with a byte-order mark
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: MRPC starts with a byte-order mark
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read it ({e})")
+    if not rows:
+        raise DataError(f"{path}: no rows")
     if isinstance(task.label, int):  # CoLA: no header
         header, body, first = None, rows, 1
         cols, label_col = list(task.text), task.label

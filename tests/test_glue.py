@@ -82,27 +82,106 @@ def test_scores_come_from_the_libraries():
     assert score("cola", [1, 0, 1, 0], [1, 0, 1, 0]) == {"matthews": 100.0}
 
 
+def test_heldout_split_is_seeded_stratified_and_disjoint():
+    from glue_rules import split_heldout
+
+    rows = [(f"text {i}", int(i % 10 == 0)) for i in range(3000)]
+    learn, held = split_heldout(rows, seed=1, classification=True)
+    assert len(held) == 300 and len(learn) + len(held) == 3000 and not set(learn) & set(held)
+    assert sum(r[1] for r in held) == 30  # the rare label keeps its share
+    assert split_heldout(rows, seed=1, classification=True) == (learn, held)
+    assert split_heldout(rows, seed=2, classification=True)[1] != held
+    assert len(split_heldout(rows[:100], 0, False)[1]) == 50  # never more than half
+
+
+def test_rules_follow_the_size_of_the_training_data():
+    from glue_rules import augment_copies, chance_score, finetune_plan
+
+    assert finetune_plan(2500) == ([2e-5, 5e-5, 1e-4], 10) and finetune_plan(60000) == ([5e-5], 5)
+    assert finetune_plan(300000) == ([5e-5], 3)
+    assert augment_copies(3000) == 8 and augment_copies(30000) == 3 and augment_copies(200000) == 0
+    held = [("a", 1), ("b", 1), ("c", 0), ("d", 1)]
+    assert chance_score("sst2", held, "accuracy") == 75.0 and chance_score("cola", held, "matthews") == 0.0
+
+
+@pytest.fixture(scope="module")
+def general_dir(tmp_path_factory, minilm_path, tokenizer, texts):
+    """A general FFF model of the embedded MiniLM, made small (depth 2, a few steps)."""
+    import fffconvert
+    from fffconvert.convert import FFFConfig
+    from fffconvert.distill import DistillConfig
+    from fffconvert.e2e import E2EConfig
+    from fffconvert.sources import load_dense
+
+    src = load_dense(str(minilm_path))
+    cfg = FFFConfig(depth=2, calib_tokens=1500, distill=DistillConfig(steps=2), e2e=E2EConfig(steps=2, batch_size=4))
+    model = fffconvert.convert(src.model, cfg, texts[:200], tokenizer, progress=False, pooling=src.pooling)
+    out = tmp_path_factory.mktemp("general") / "general-d2"
+    fffconvert.save_pretrained(model, out, tokenizer, extra_files=src.extra_files)
+    return out
+
+
+def recipe_args(out, minilm_path, general_dir):
+    return ["--task", "mrpc", "--model", str(minilm_path), "--data-dir", str(GLUE), "--output", str(out),
+            "--device", "cpu", "--general", str(general_dir), "--max-train", "40", "--max-dev", "16",
+            "--max-distill-steps", "3", "--checkpoint-every", "2", "--no-speed"]
+
+
 @needs_glue
-def test_tiny_recipe_run_end_to_end(tmp_path, minilm_path):
+def test_tiny_recipe_run_end_to_end_and_reproducible(tmp_path, minilm_path, general_dir):
     from click.testing import CliRunner
 
     import glue
 
-    out = tmp_path / "mrpc"
-    args = ["--task", "mrpc", "--model", str(minilm_path), "--data-dir", str(GLUE), "--output", str(out),
-            "--device", "cpu", "--depth", "2,3", "--max-train", "48", "--max-dev", "32", "--batch-size", "8",
-            "--finetune-steps", "3", "--distill-steps", "4", "--layerwise-steps", "2", "--calib-tokens", "1200",
-            "--checkpoint-every", "2", "--no-speed", "--augment", "1", "--distill-batch-size", "6"]
-    r = CliRunner().invoke(glue.main, args)
+    r = CliRunner().invoke(glue.main, recipe_args(tmp_path / "a", minilm_path, general_dir))
     assert r.exit_code == 0, r.output
-    results = json.loads((out / "results.json").read_text())
-    assert [row["depth"] for row in results["fff"]] == [2, 3]
-    assert results["fff"][0]["distill_examples"] == 96 and results["fff"][0]["distill_batch_size"] == 6
-    assert {"f1", "accuracy"} <= results["dense"].keys() and {"f1", "accuracy"} <= results["fff"][0]["fff"].keys()
-    assert "retention" in (out / "results.md").read_text() and (out / "sweep.png").stat().st_size > 0
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["split"] == {"learn": 20, "heldout": 20}
+    assert [t["lr"] for t in results["teacher"]["tried"]] == [2e-5, 5e-5, 1e-4] and "near_chance" in results["teacher"]
+    row = results["fff"][0]
+    assert row["name"] == "general-d2" and row["depths"] == [2] and row["distill"]["steps"] == 3
+    assert {"f1", "accuracy"} <= results["dense"].keys() and {"f1", "accuracy"} <= row["fff"].keys()
+    assert "retention" in (tmp_path / "a" / "results.md").read_text()
     import fffconvert
 
-    model = fffconvert.from_pretrained(out / "fff-d3")
-    assert {r["depth"] for r in model.config.fff["layers"]} == {3}
-    r = CliRunner().invoke(glue.main, [*args[:4], "--data-dir", str(tmp_path / "nowhere"), *args[6:]])
-    assert r.exit_code == 2 and "no such file" in r.output
+    model = fffconvert.from_pretrained(tmp_path / "a" / "fff-general-d2")
+    assert type(model).__name__ == "FFFBertForSequenceClassification"
+    r = CliRunner().invoke(glue.main, recipe_args(tmp_path / "b", minilm_path, general_dir))  # same seed, same run
+    again = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert again["dense"] == results["dense"] and again["fff"][0]["fff"] == row["fff"]
+
+
+@needs_glue
+@pytest.mark.parametrize("change,message", [
+    (["--depth", "0"], "--depth must be integers >= 1"),
+    (["--checkpoint-every", "0"], "'--checkpoint-every'"),
+    (["--data-dir", "/nowhere"], "no such file"),
+    (["--device", "cuda"], "no CUDA GPU"),
+])
+def test_recipe_refuses_before_any_work(change, message, tmp_path, minilm_path, general_dir):
+    from click.testing import CliRunner
+
+    import glue
+
+    if "cuda" in change and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args = recipe_args(tmp_path / "out", minilm_path, general_dir)
+    for opt, value in zip(change[::2], change[1::2]):
+        args = args[: args.index(opt)] + [opt, value] + args[args.index(opt) + 2:] if opt in args else args + [opt, value]
+    r = CliRunner().invoke(glue.main, args)
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_refuses_an_empty_train_file(tmp_path, minilm_path, general_dir):
+    from click.testing import CliRunner
+
+    import glue
+
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "train.tsv").write_text("")
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nfine\t1\n")
+    args = ["--task", "sst2", "--model", str(minilm_path), "--data-dir", str(tmp_path), "--output", str(tmp_path / "o"),
+            "--device", "cpu", "--general", str(general_dir)]
+    r = CliRunner().invoke(glue.main, args)
+    assert r.exit_code == 2 and "train.tsv: no rows" in r.output, r.output

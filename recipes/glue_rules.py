@@ -1,0 +1,73 @@
+"""The GLUE recipe's defaults, as rules of the task's own training data. No default was chosen on a
+dev set: every choice below is made on `heldout`, a split of train, or follows from its size.
+
+- Held-out split: 10% of train, at least 200 and at most 2000 examples, stratified by label for
+  classification, drawn with the seed. The rest of train is what the models learn from.
+- Dense finetuning (when MODEL is not yet a classifier): AdamW, warm-up over 10% of the steps,
+  batch 32. Epochs: 10 below 10k examples, 5 below 100k, else 3. Learning rates tried: 2e-5, 5e-5
+  and 1e-4 below 20k examples (small tasks swing most with the rate), else 5e-5 alone. The model
+  is scored on `heldout` about five times per epoch; the best (rate, step) is the teacher.
+- Near chance: the teacher is flagged when its held-out score is within 2 points of what always
+  predicting the majority class (classification) or a constant (correlations, MCC: 0) scores.
+- Task distillation (from the general FFF model): hard routing, the loss of e2e.py (logits KD
+  plus every layer's hidden states), batch 128; the learning data are the learning split plus
+  perturbed copies (augment.py): as many copies as bring it to 100k examples, at most 8. Up to
+  4000 steps; scored on `heldout` every 250 steps; stops after 4 scores without a gain; the best
+  is kept.
+"""
+import math
+import random
+
+HELDOUT_SHARE, HELDOUT_MIN, HELDOUT_MAX = 0.1, 200, 2000
+FINETUNE_BATCH = 32
+SMALL_TASK = 20_000
+DISTILL_STEPS, DISTILL_BATCH, EVAL_EVERY, PATIENCE = 4000, 128, 250, 4
+TRANSFER_EXAMPLES, MAX_COPIES = 100_000, 8
+NEAR_CHANCE_POINTS = 2.0
+
+
+def split_heldout(rows: list[tuple], seed: int, classification: bool) -> tuple[list, list]:
+    """(learning rows, held-out rows): a seeded, label-stratified share of train."""
+    n = min(HELDOUT_MAX, max(HELDOUT_MIN, int(HELDOUT_SHARE * len(rows))))
+    n = min(n, len(rows) // 2)
+    rng = random.Random(seed)
+    index = list(range(len(rows)))
+    rng.shuffle(index)
+    if classification:  # take each label's share of the held-out rows
+        by_label = {}
+        for i in index:
+            by_label.setdefault(rows[i][-1], []).append(i)
+        held = []
+        for label, idx in sorted(by_label.items()):
+            held += idx[: round(n * len(idx) / len(rows))]
+    else:
+        held = index[:n]
+    taken = set(held)
+    return [rows[i] for i in index if i not in taken], [rows[i] for i in sorted(held)]
+
+
+def finetune_plan(n_examples: int) -> tuple[list[float], int]:
+    """(learning rates to try, epochs) for a learning split of n_examples."""
+    epochs = 10 if n_examples < 10_000 else 5 if n_examples < 100_000 else 3
+    rates = [2e-5, 5e-5, 1e-4] if n_examples < SMALL_TASK else [5e-5]
+    return rates, epochs
+
+
+def evaluations_per_epoch(n_examples: int, batch: int) -> int:
+    """Steps between held-out scores: about five per epoch."""
+    return max(1, math.ceil(n_examples / batch / 5))
+
+
+def augment_copies(n_examples: int) -> int:
+    return max(0, min(MAX_COPIES, math.ceil(TRANSFER_EXAMPLES / max(n_examples, 1)) - 1))
+
+
+def chance_score(task, heldout: list[tuple], metric: str) -> float:
+    """What predicting the majority class (or a constant) scores on the held-out rows, in percent."""
+    if metric in ("accuracy",):
+        labels = [r[-1] for r in heldout]
+        return 100 * max(labels.count(x) for x in set(labels)) / len(labels)
+    if metric == "f1":  # always the positive class
+        pos = sum(1 for r in heldout if r[-1] == 1) / len(heldout)
+        return 100 * 2 * pos / (1 + pos)
+    return 0.0  # matthews, pearson, spearman of a constant
