@@ -252,6 +252,10 @@ def format_report(result: dict) -> str:
 
 
 def save(result: dict, path):
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
+    """Write the results as JSON, atomically (a killed run leaves no half file)."""
+    from pathlib import Path
 
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
+    tmp.replace(path)

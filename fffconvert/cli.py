@@ -115,6 +115,8 @@ def main():
               help="A time budget instead of --e2e-steps: as many steps as fit, timed on this machine.")
 @click.option("--e2e-augment", type=click.FloatRange(0, 0.5), default=None,
               help="Chance per token of deletion and of replacement in the end-to-end texts.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Record int8 for the remaining Linear layers: fffconvert.from_pretrained quantizes them on loading.")
 @click.option("--output", "-o", type=click.Path(), default=None, help="Output folder. Default: out/<model name>-fff.")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists (and start over).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted conversion into the same output.")
@@ -122,7 +124,7 @@ def main():
 @DEVICE
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a pickle-only (.bin) checkpoint. Only for files you trust.")
 def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column, calib_tokens, steps, e2e_steps,
-            e2e_batch_size, e2e_minutes, e2e_augment, output, overwrite, resume, seed, device, allow_pickle):
+            e2e_batch_size, e2e_minutes, e2e_augment, quantize, output, overwrite, resume, seed, device, allow_pickle):
     """Convert MODEL (a local folder or a hub name; default: the embedded all-MiniLM-L6-v2)."""
     import shutil
     from pathlib import Path
@@ -162,7 +164,7 @@ def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column
     else:
         texts, where = default_texts(warn=lambda m: click.echo(m, err=True))
     src = load_dense(source, allow_pickle)
-    _convert_and_save(src, config, texts, where, output, overwrite, device, run, resume, model)
+    _convert_and_save(src, config, texts, where, output, overwrite, device, run, resume, model, quantize)
     shutil.rmtree(run, ignore_errors=True)
 
 
@@ -177,7 +179,7 @@ def _finished(run, output) -> bool:
         return False
 
 
-def _convert_and_save(src, config, texts, where, output, overwrite, device, run, resume, model_arg):
+def _convert_and_save(src, config, texts, where, output, overwrite, device, run, resume, model_arg, quantize):
     from tqdm.auto import tqdm
 
     from .convert import convert
@@ -188,6 +190,8 @@ def _convert_and_save(src, config, texts, where, output, overwrite, device, run,
                     checkpoint_dir=run, resume=resume)
     fff = model.config.fff
     fff["texts"] = {"source": where, "count": len(texts)}
+    if quantize:
+        fff["quantize"] = quantize
     base = model_arg or "sentence-transformers/all-MiniLM-L6-v2"
     fff["source"] = base
     t = time.perf_counter()
@@ -218,8 +222,9 @@ def _convert_and_save(src, config, texts, where, output, overwrite, device, run,
 @click.option("--max-texts", type=click.IntRange(min=2), default=2000, show_default=True)
 @click.option("--stsb", type=click.Path(), default=None, help="STS-B dev (a GLUE folder or STS-B/dev.tsv): Spearman of both models.")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the results as JSON here.")
+@click.option("--int8", is_flag=True, help="Also measure the model with its Linear layers in int8 (CPU): what --quantize costs.")
 @DEVICE
-def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, device):
+def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8, device):
     """Measure a converted model against its dense source on text it was not converted on."""
     from pathlib import Path
 
@@ -234,9 +239,11 @@ def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, devic
             raise UserError(f"--json {json_path} is a folder")
         check_writable(Path(json_path).parent / ".probe")
     device = _device(device)
+    if int8 and device != "cpu":
+        raise UserError("--int8 measures the CPU's int8 kernels: use --device cpu")
     texts = ev.eval_texts(data, text_column, max_texts)
     pairs = ev.stsb_pairs(stsb) if stsb else None
-    fff = from_pretrained(converted)
+    fff = from_pretrained(converted, quantize=False)
     source = dense or fff.config.fff.get("source")
     if not source:
         raise UserError(f"{converted} does not record its source: give it with --dense")
@@ -244,6 +251,10 @@ def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, devic
         source = str(embedded_model_path())  # the embedded copy: works offline
     src = load_dense(source)
     result = ev.evaluate(fff, src.model, src.tokenizer, texts, src.pooling, pairs, device)
+    if int8 or fff.config.fff.get("quantize") and device == "cpu":
+        from .quantize import quantize
+
+        result["int8"] = ev.evaluate(quantize(fff, "int8"), src.model, src.tokenizer, texts, src.pooling, pairs, device)
     if pairs is not None and src.pooling is None:
         click.echo("Note: the source is not an embedding model (no sentence-transformers pooling): STS-B skipped.", err=True)
     click.echo(ev.to_markdown(result))
@@ -268,8 +279,14 @@ def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, devic
 @click.option("--compile", is_flag=True, help="Also time the whole models under torch.compile (slow to compile).")
 @click.option("--batch", type=click.IntRange(min=1, max=4096), default=8, show_default=True)
 @click.option("--seq-len", type=click.IntRange(min=1, max=8192), default=128, show_default=True)
+@click.option("--peers", is_flag=True,
+              help="Whole models against what CPU users run instead: ONNX Runtime fp32 and int8 (with onnxruntime "
+                   "installed), FFF fp32 and FFF + int8, at 1 x 16, 1 x 128 and 8 x 128 tokens.")
+@click.option("--converted", type=click.Path(), default=None,
+              help="With --peers: a converted folder (and its recorded source, or --dense) instead of a random BERT shape.")
+@click.option("--dense", default=None, help="With --converted: its dense source, if not the recorded one.")
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results here.")
-def bench(json_path, **kw):
+def bench(json_path, peers, converted, dense, **kw):
     """Time FFF against torch's dense FFN (layer and whole model), side by side in one process."""
     from pathlib import Path
 
@@ -281,6 +298,10 @@ def bench(json_path, **kw):
         if Path(json_path).is_dir():
             raise UserError(f"--json {json_path} is a folder")
         check_writable(Path(json_path).parent / ".probe")
+    if converted and not peers:
+        raise UserError("--converted is for --peers")
+    if peers:
+        return _bench_peers(json_path, converted, dense, kw)
     kw["tokens"] = kw["tokens"] if isinstance(kw["tokens"], list) else [kw["tokens"]]
     if kw["leaf_width"] + kw["depth"] >= kw["ffn"]:
         raise UserError("--depth + --leaf-width must be below --ffn: the FFF would touch as many rows as the dense FFN")
@@ -289,6 +310,42 @@ def bench(json_path, **kw):
     click.echo(b.format_report(result))
     if json_path:
         b.save(result, json_path)
+        click.echo(f"\nWrote {json_path}")
+
+
+def _bench_peers(json_path, converted, dense, kw):
+    import torch
+
+    from . import bench as b
+    from .errors import UserError
+    from .peers import bench_peers, format_peers
+
+    if kw["device"] not in ("auto", "cpu"):
+        raise UserError("--peers compares CPU runtimes: use --device cpu")
+    if kw["threads"]:
+        torch.set_num_threads(kw["threads"])
+    cfg = b.BenchConfig(**{**kw, "device": "cpu", "dtype": "float32", "tokens": [0]})
+    if converted:
+        from .io import from_pretrained
+        from .sources import embedded_model_path, load_dense
+
+        fff = from_pretrained(converted, quantize=False)
+        source = dense or fff.config.fff.get("source")
+        if not source:
+            raise UserError(f"{converted} does not record its source: give it with --dense")
+        if source == "sentence-transformers/all-MiniLM-L6-v2" and not dense:
+            source = str(embedded_model_path())
+        dense_model, what = load_dense(source).model, f"{converted} against {source}"
+    else:
+        dense_model, fff, _ = b.bert_models(cfg)
+        what = (f"BERT-shaped model, random weights, H={cfg.hidden} F={cfg.ffn}, FFF depth {cfg.depth} "
+                f"leaf width {cfg.leaf_width}")
+    rows = bench_peers(dense_model, fff, cfg)
+    env = b.environment(cfg)
+    click.echo(f"fffconvert bench --peers: {what}; CPU {env['cpu']}, {env['threads']} threads, torch {env['torch']}")
+    click.echo(format_peers(rows))
+    if json_path:
+        b.save({"config": {**kw, "converted": converted}, "environment": env, "peers": rows}, json_path)
         click.echo(f"\nWrote {json_path}")
 
 

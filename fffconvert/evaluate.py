@@ -113,7 +113,10 @@ def to_markdown(r: dict) -> str:
     sp = r["speed_ms"]
     lines.append(f"| forward ms, dense / FFF, batch {sp['batch'][0]} x {sp['batch'][1]}, {r['device']}, "
                  f"{r['threads']} threads | {sp['dense']:.1f} / {sp['fff']:.1f} ({sp['speedup']:.2f}x) |")
-    return f"On {r['texts']} texts ({r['tokens']} tokens) not used for conversion:\n\n" + "\n".join(lines)
+    text = f"On {r['texts']} texts ({r['tokens']} tokens) not used for conversion:\n\n" + "\n".join(lines)
+    if "int8" in r:
+        text += "\n\nWith the remaining Linear layers in int8:\n\n" + to_markdown(r["int8"]).split("\n\n", 1)[1]
+    return text
 
 
 def eval_texts(data, column=None, max_texts: int = 2000) -> list[str]:

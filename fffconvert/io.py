@@ -92,6 +92,8 @@ def save_pretrained(model, path, tokenizer=None, overwrite=False, command=None, 
     `extra_files` ({relative path: bytes}, e.g. sentence-transformers modules)."""
     if not getattr(model.config, "fff", None):
         raise UserError("this model has no FFF layers; convert it first")
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        raise UserError("save the float32 model (quantization is recorded with --quantize and redone on loading)")
     as_fff_model(model)
     with atomic_folder(path, overwrite) as tmp:
         model.save_pretrained(tmp, max_shard_size=MAX_SHARD_SIZE)
@@ -125,9 +127,10 @@ def check_converted_config(config: dict, where) -> dict:
     return fff
 
 
-def from_pretrained(name_or_path, device="cpu", dtype=None):
+def from_pretrained(name_or_path, device="cpu", dtype=None, quantize: bool = True):
     """Load a converted model (a folder, or a hub id): its FFF transformers class, in eval mode,
-    after checking that its files are sound and match its config."""
+    after checking that its files are sound and match its config. A folder that records int8
+    (`fffconvert --quantize int8`) is quantized as it loads, unless `quantize=False`."""
     register()
     if is_local(str(name_or_path)):
         recover(Path(name_or_path))  # finish (or undo) a save that was killed halfway
@@ -152,7 +155,12 @@ def from_pretrained(name_or_path, device="cpu", dtype=None):
     if missing:
         model.tie_weights()
     check_finite(model, str(path))
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    if quantize and config.fff.get("quantize"):
+        from .quantize import quantize as apply
+
+        apply(model, config.fff["quantize"])
+    return model
 
 
 def _renamed(state: dict) -> dict:

@@ -93,6 +93,8 @@ def hard_forward(layer, x: torch.Tensor) -> torch.Tensor:
         return layer.hard_forward(x)  # ONNX export: the reference's graph of standard operators
     p = layer._parameters  # direct dict access: nn.Module.__getattr__ costs a microsecond a name
     compiling = torch.compiler.is_compiling()
+    if x.is_cpu and x.dtype in HALF_DTYPES and not compiling and not isinstance(_cpu, ImportError):
+        return _half_on_cpu(layer, x)
     ext = _has_kernel(x.device.type, x.dtype) if compiling else kernel_for(x)
     if not ext or x.dtype != p["weight"].dtype:
         return layer.hard_forward(x)
@@ -101,6 +103,25 @@ def hard_forward(layer, x: torch.Tensor) -> torch.Tensor:
     if compiling:  # one opaque operator in the traced graph
         return fff_forward_op(x, *weights, layer.activation)
     return ext.fff_forward(x, *weights, layer.activation, out=_output_for(layer, x))
+
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _half_on_cpu(layer, x):
+    """bf16/fp16 on the CPU: the float32 kernel on float32 copies of the layer's weights (kept
+    until the weights change), the output cast back. The reference in bf16 was 3x slower than
+    the float32 kernel on 8 x 128 tokens of BERT-base (2640 vs 877 ms)."""
+    _warn_once("half-cpu", f"fffconvert's CPU kernel computes in float32: {x.dtype} FFF layers run it on float32 "
+                           "copies of their weights (the output is cast back)")
+    p = layer._parameters
+    names = ("node_weight", "node_bias", "weight", "bias", "w2", "leaf_bias", "out_bias")
+    key = tuple((p[n].data_ptr(), p[n]._version, p[n].dtype) for n in names)
+    cached = layer.__dict__.get("_fp32_weights")
+    if cached is None or cached[0] != key:
+        cached = layer.__dict__["_fp32_weights"] = (key, tuple(p[n].detach().float().contiguous() for n in names))
+    y = _cpu.fff_forward(x.float().contiguous(), *cached[1], layer.activation, out=None)
+    return y.to(x.dtype)
 
 
 _use_count = getattr(torch._C, "_storage_Use_Count", None)

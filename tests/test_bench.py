@@ -26,3 +26,52 @@ def test_bench_refuses_bad_input():
     assert r.exit_code == 2 and "Error:" in r.output
     r = CliRunner().invoke(main, ["bench", "--tokens", "1,x"])
     assert r.exit_code == 2
+
+
+def test_bench_peers_table_and_json(tmp_path):
+    out = tmp_path / "peers.json"
+    r = CliRunner().invoke(main, ["bench", "--peers", "--hidden", "64", "--ffn", "256", "--depth", "4", "--leaf-width", "2",
+                                  "--repeats", "2", "--warmup", "1", "--device", "cpu", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    rows = result["peers"]
+    assert [(row["batch"], row["tokens"]) for row in rows] == [(1, 16), (1, 128), (8, 128)]
+    names = {"torch dense fp32", "fff fp32", "fff + int8"}
+    try:
+        import onnxruntime  # noqa: F401
+        names |= {"ort fp32", "ort int8"}
+    except ImportError:
+        pass
+    assert set(rows[0]["ms"]) == names and rows[0]["speedup"]["torch dense fp32"] == 1.0
+    assert "| 8 x 128 |" in r.output
+
+
+def test_quantize_int8_keeps_fff_layers_and_is_recorded(tmp_path, tokenizer, texts):
+    import torch
+
+    import fffconvert
+    from fffconvert.convert import FFFConfig
+    from fffconvert.e2e import E2EConfig
+    from fffconvert.errors import UserError
+    from fffconvert.quantize import quantize
+    from fffconvert.surgery import fff_layers
+    from conftest import tiny_model
+
+    model = fffconvert.convert(tiny_model("bert", "Model"), FFFConfig(depth=2, calib_tokens=1500, e2e=E2EConfig(steps=0)),
+                               texts[:150], tokenizer, progress=False)
+    fffconvert.save_pretrained(model, tmp_path / "m", tokenizer)
+    batch = tokenizer(texts[200:204], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model(**batch).last_hidden_state
+        q = quantize(model, "int8")
+        out = q(**batch).last_hidden_state
+    assert len(fff_layers(q)) == 2 and not any(type(m) is torch.nn.Linear for m in q.modules())
+    assert torch.nn.functional.cosine_similarity(out.flatten(1), ref.flatten(1)).min() > 0.99
+    with __import__("pytest").raises(UserError, match="float32"):
+        fffconvert.save_pretrained(q, tmp_path / "q", tokenizer)
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["fff"]["quantize"] = "int8"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    loaded = fffconvert.from_pretrained(tmp_path / "m")
+    assert not any(type(m) is torch.nn.Linear for m in loaded.modules())
+    assert any(type(m) is torch.nn.Linear for m in fffconvert.from_pretrained(tmp_path / "m", quantize=False).modules())

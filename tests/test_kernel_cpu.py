@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fffconvert import kernels
-from fffconvert.layer import ACTIVATIONS
+from fffconvert.layer import ACTIVATIONS, FFF
 from conftest import tiny_fff_model
 from test_layer import random_layer
 
@@ -120,3 +120,24 @@ def test_output_memory_is_reused_only_once_free(monkeypatch):
         assert yc.data_ptr() == freed  # released outputs are reused
         torch.testing.assert_close(yc, layer.hard_forward(xb), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(ya, layer.hard_forward(xa), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_layers_run_the_float32_kernel(dtype, recwarn):
+    from fffconvert import kernels
+
+    torch.manual_seed(0)
+    layer = FFF(48, 5, 3).to(dtype).eval()
+    x = torch.randn(37, 48).to(dtype)
+    kernels._warned.discard("half-cpu")
+    with torch.no_grad():
+        y = layer(x)
+        ref = FFF(48, 5, 3).eval()
+        ref.load_state_dict({k: v.float() for k, v in layer.state_dict().items()})
+        expected = ref.hard_forward(x.float())
+    assert y.dtype == dtype and y.shape == x.shape
+    torch.testing.assert_close(y.float(), expected, rtol=2e-2, atol=2e-2)
+    assert sum("float32" in str(w.message) for w in recwarn) == 1
+    with torch.no_grad():
+        layer(x)  # warned once only
+    assert sum("float32" in str(w.message) for w in recwarn) == 1
