@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .distill import routing_schedule
 from .measures import Pooling, hidden_fvu
 from .surgery import fff_layers
-from .train import TrainConfig, fit
+from .train import TrainConfig, fit, rank_and_world
 
 
 @dataclass
@@ -67,11 +67,18 @@ def _logits_loss(s: torch.Tensor, t: torch.Tensor, mask, T: float, regression: b
     return F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True, reduction="batchmean") * T * T
 
 
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    torch.distributed.all_reduce(t)
+    return t
+
+
 def distillation_loss(student_out, teacher_out, mask, cfg: E2EConfig, pooling: Pooling | None = None,
                       regression: bool = False) -> torch.Tensor:
-    """The weighted sum of the terms above that this model has."""
+    """The weighted sum of the terms above that this model has (in a distributed run, the hidden
+    states' FVU is that of the global batch: measures.hidden_fvu)."""
+    reduce = _all_reduce if rank_and_world()[1] > 1 else None
     pairs = list(zip(student_out.hidden_states[1:], teacher_out.hidden_states[1:]))
-    loss = cfg.hidden_weight * sum(hidden_fvu(s, t, mask) for s, t in pairs) / len(pairs)
+    loss = cfg.hidden_weight * sum(hidden_fvu(s, t, mask, reduce) for s, t in pairs) / len(pairs)
     if pooling is not None and cfg.embedding_weight:
         es, et = pooling(pairs[-1][0], mask), pooling(pairs[-1][1], mask)
         loss = loss + cfg.embedding_weight * (1 - F.cosine_similarity(es, et, dim=-1)).mean()

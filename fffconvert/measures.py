@@ -35,12 +35,23 @@ class Pooling:
         return F.normalize(out, dim=-1) if self.normalize else out
 
 
-def hidden_fvu(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def hidden_fvu(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, reduce=None) -> torch.Tensor:
     """Fraction of the teacher's token-state variance the student leaves unexplained, over real
-    tokens: ||s - t||^2 / ||t - mean(t)||^2 (a 0-d tensor, differentiable)."""
+    tokens: ||s - t||^2 / ||t - mean(t)||^2 (a 0-d tensor, differentiable).
+
+    `reduce` sums a tensor over the processes of a distributed run (all_reduce); with it, the
+    variance is the whole global batch's and this process's share of the error is scaled so that
+    the mean of the processes' gradients (what DDP applies) is the gradient of the global FVU."""
     m = mask.bool()
     s, t = student[m], teacher[m]
-    return (s - t).pow(2).sum() / (t - t.mean(0)).pow(2).sum().clamp_min(1e-12)
+    err = (s - t).pow(2).sum()
+    if reduce is None:
+        return err / (t - t.mean(0)).pow(2).sum().clamp_min(1e-12)
+    stats = reduce(torch.cat([t.sum(0), t.pow(2).sum().view(1), t.new_tensor([len(t)])]).detach())
+    n = stats[-1].clamp_min(1)
+    var = stats[-2] - stats[:-2].pow(2).sum() / n
+    world = torch.distributed.get_world_size()
+    return world * err / var.clamp_min(1e-12)
 
 
 def token_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
