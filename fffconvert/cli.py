@@ -342,6 +342,12 @@ def _bench_peers(json_path, converted, dense, kw):
                 f"leaf width {cfg.leaf_width}")
     rows = bench_peers(dense_model, fff, cfg)
     env = b.environment(cfg)
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        env["onnxruntime"] = None
     click.echo(f"fffconvert bench --peers: {what}; CPU {env['cpu']}, {env['threads']} threads, torch {env['torch']}")
     click.echo(format_peers(rows))
     if json_path:
