@@ -204,35 +204,39 @@ def convert(model, config: FFFConfig, texts: list, tokenizer, device="cpu", prog
 
     if teacher is not None:
         t = time.perf_counter()
-        collate = text_collate(tokenizer.pad_token_id or 0, config.e2e.augment, ids)
-        check = [{k: v.to(device) for k, v in text_collate(tokenizer.pad_token_id or 0)(chunk).items()}
-                 for chunk in _chunks(tokenize(tokenizer, heldout, config.max_length), 64)]
-        model.eval()
-        before = compare(model, teacher, check, pooling) if check else {}
-        e2e = config.e2e
-        if e2e.minutes:  # a time budget: the steps are measured here once, and kept for --resume
-            state = json.loads((run / "run.json").read_text()) if run else {}
-            steps = state.get("e2e_steps") if resume else None
-            steps = steps or steps_for_minutes(model, teacher, ids, collate, e2e, device, pooling, config.seed)
-            if run:
-                (run / "run.json").write_text(json.dumps({**state, "e2e_steps": steps}))
-            e2e = replace(e2e, steps=steps)
-        # On a GPU, deterministic kernels would cost end-to-end training much of its speed; a resumed
-        # run there equals an uninterrupted one up to the order of float sums.
-        with exact_numerics(tf32=True, deterministic=torch.device(device).type == "cpu"):
-            stats_e2e = distill_model(model, teacher, ids, collate, e2e, device=device, pooling=pooling,
-                                      seed=config.seed, checkpoint_dir=run / "e2e" if run else None, resume=resume,
-                                      progress=progress)
-        model.eval()
-        after = compare(model, teacher, check, pooling) if check else {}
+        model.config.fff["end_to_end"] = end_to_end(model, teacher, config, ids, heldout, tokenizer, device, pooling,
+                                                    run, resume, progress)
         times["end_to_end"] = time.perf_counter() - t
-        model.config.fff["end_to_end"] = {"steps": e2e.steps, "batch_size": e2e.batch_size,
-                                          "heldout_texts": len(heldout), "layerwise_only": before, "after": after,
-                                          "examples_per_s": stats_e2e["examples_per_s"]}
         model.config.fff["seconds"] = {k: round(v, 2) for k, v in times.items()}
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise UserError("conversion gave non-finite weights; try a lower learning rate or another --seed")
     return as_fff_model(model).eval()
+
+
+def end_to_end(model, teacher, config: FFFConfig, ids, heldout, tokenizer, device, pooling, run, resume, progress):
+    """The end-to-end phase, with the held-out comparison before and after it (its report)."""
+    pad = tokenizer.pad_token_id or 0
+    collate = text_collate(pad, config.e2e.augment, ids)
+    check = [{k: v.to(device) for k, v in text_collate(pad)(chunk).items()}
+             for chunk in _chunks(tokenize(tokenizer, heldout, config.max_length), 64)]
+    model.eval()
+    before = compare(model, teacher, check, pooling) if check else {}
+    e2e = config.e2e
+    if e2e.minutes:  # a time budget: the steps are measured here once, and kept for --resume
+        state = json.loads((run / "run.json").read_text()) if run else {}
+        steps = (state.get("e2e_steps") if resume else None) or steps_for_minutes(
+            model, teacher, ids, collate, e2e, device, pooling, config.seed)
+        if run:
+            (run / "run.json").write_text(json.dumps({**state, "e2e_steps": steps}))
+        e2e = replace(e2e, steps=steps)
+    # On a GPU, deterministic kernels would cost end-to-end training much of its speed; a resumed
+    # run there equals an uninterrupted one up to the order of float sums.
+    with exact_numerics(tf32=True, deterministic=torch.device(device).type == "cpu"):
+        stats = distill_model(model, teacher, ids, collate, e2e, device=device, pooling=pooling, seed=config.seed,
+                              checkpoint_dir=run / "e2e" if run else None, resume=resume, progress=progress)
+    model.eval()
+    return {"steps": e2e.steps, "batch_size": e2e.batch_size, "heldout_texts": len(heldout), "layerwise_only": before,
+            "after": compare(model, teacher, check, pooling) if check else {}, "examples_per_s": stats["examples_per_s"]}
 
 
 def _chunks(items, size):
