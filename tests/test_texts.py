@@ -1,0 +1,56 @@
+"""Conversion text: every format and folders, the column rule, and the default corpora."""
+import json
+import sys
+import types
+
+import pytest
+
+from fffconvert import texts as t
+from fffconvert.errors import UserError
+
+
+def test_every_format_and_a_folder(tmp_path):
+    (tmp_path / "a.txt").write_text("first line\n\n  second line  \n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "from jsonl", "n": 1}) + "\n\n" + json.dumps({"text": "again"}) + "\n")
+    (tmp_path / "c.csv").write_text('id,sentence\n1,"a csv text, with a comma"\n')
+    (tmp_path / "d.tsv").write_text("content\tlabel\na tsv text\t0\n")
+    (tmp_path / "notes.md").write_text("not read")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "x.txt").write_text("not read either")
+    assert t.read_texts(tmp_path / "a.txt") == ["first line", "second line"]
+    assert t.read_texts(tmp_path / "b.jsonl") == ["from jsonl", "again"]
+    assert t.read_texts(tmp_path / "c.csv") == ["a csv text, with a comma"]  # "sentence": a usual text column
+    assert t.read_texts(tmp_path / "d.tsv") == ["a tsv text"]
+    assert t.read_texts(tmp_path) == ["first line", "second line", "from jsonl", "again", "a csv text, with a comma",
+                                      "a tsv text"]
+
+
+def test_named_column(tmp_path):
+    (tmp_path / "x.jsonl").write_text(json.dumps({"body2": "one", "text": "other"}) + "\n")
+    assert t.read_texts(tmp_path / "x.jsonl", column="body2") == ["one"]
+    with pytest.raises(UserError, match="no column 'nope'"):
+        t.read_texts(tmp_path / "x.jsonl", column="nope")
+
+
+def test_offline_default_is_the_shipped_corpus_with_a_note(monkeypatch):
+    notes = []
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    texts, where = t.default_texts(warn=notes.append)
+    assert texts == t.read_texts(t.SHIPPED_CORPUS) and "generated" in where
+    assert len(notes) == 1 and "--calib-data" in notes[0]
+
+
+def test_online_default_is_the_general_corpus(monkeypatch):
+    rows = [{"text": " = Heading = \n"}, {"text": ""}, {"text": " A paragraph of an article .\n"}, {"text": " Another .\n"}]
+    calls = []
+
+    def load_dataset(*args, **kw):
+        calls.append((args, kw))
+        return iter(rows)
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    notes = []
+    texts, where = t.default_texts(max_texts=10, warn=notes.append)
+    assert texts == ["A paragraph of an article .", "Another ."] and where == "Salesforce/wikitext/wikitext-103-raw-v1"
+    assert calls[0][0] == t.GENERAL_CORPUS and calls[0][1]["streaming"] and not notes
