@@ -3,6 +3,7 @@
     model = fffconvert.convert(model, fffconvert.FFFConfig(depth=10), texts, tokenizer)
     fffconvert.save_pretrained(model, "out/m", tokenizer)
     model = fffconvert.from_pretrained("out/m")   # or transformers.AutoModel.from_pretrained("out/m")
+    fast = fffconvert.optimize(model.cuda().eval())  # on a GPU: CUDA graphs, one per input shape
 
 Importing fffconvert registers the converted model types with transformers' Auto classes.
 """
@@ -16,6 +17,7 @@ from .io import from_pretrained, push_to_hub, save_pretrained  # noqa: E402
 from .layer import FFF  # noqa: E402
 from .measures import Pooling  # noqa: E402
 from .modeling import register as _register  # noqa: E402
+from .optimize import optimize  # noqa: E402
 from .surgery import ARCHITECTURES  # noqa: E402
 
 _register()
@@ -29,4 +31,4 @@ def __getattr__(name):  # the Trainer (and accelerate) load only for those who f
     raise AttributeError(f"module 'fffconvert' has no attribute {name!r}")
 
 __all__ = ["FFF", "FFFConfig", "DistillConfig", "E2EConfig", "Pooling", "convert", "save_pretrained", "from_pretrained",
-           "push_to_hub", "RoutingTrainer", "RoutingSchedule", "ARCHITECTURES", "UserError", "__version__"]
+           "push_to_hub", "optimize", "RoutingTrainer", "RoutingSchedule", "ARCHITECTURES", "UserError", "__version__"]

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .layer import FFF
+from .optimize import optimize
 from .surgery import empty_fff_model, fff_layers
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -141,9 +142,10 @@ def bench_model(cfg: BenchConfig) -> dict:
 def time_models(dense, fff, ids, cfg: BenchConfig) -> dict:
     """Forward times of two models on input_ids `ids`: eager, and with `cfg.compile` under
     torch.compile (default mode, both models alike). On CUDA, also each forward replayed as one CUDA
-    graph, and the host's time for one eager forward call, started on an idle GPU (it includes any
-    waits for the GPU inside the call; a model whose GPU work is shorter than this is paced by the
-    host)."""
+    graph, each model through `optimize` (what users run: graphs with the inputs copied in and the
+    outputs copied out), and the host's time for one eager forward call, started on an idle GPU (it
+    includes any waits for the GPU inside the call; a model whose GPU work is shorter than this is
+    paced by the host)."""
     models = {"dense": dense, "fff": fff}
     if cfg.compile:
         models.update({f"{k}_compiled": torch.compile(m) for k, m in list(models.items())})
@@ -154,6 +156,8 @@ def time_models(dense, fff, ids, cfg: BenchConfig) -> dict:
         if cfg.device == "cuda":
             out.update({f"{k}_host_ms": round(_host_ms(fns[k]), 3) for k in ("dense", "fff")})
             t.update(time_calls({f"{k}_graph": _cuda_graph(fn) for k, fn in fns.items()}, cfg))
+            fast = {k: optimize(models[k]) for k in ("dense", "fff")}
+            t.update(time_calls({f"{k}_optimized": (lambda m=m: m(input_ids=ids)) for k, m in fast.items()}, cfg))
     out.update({f"{k}_ms": [round(v * 1e3, 3) for v in t[k]] for k in t})
     for mode in MODEL_MODES:
         if f"dense{mode}" in t:
@@ -162,8 +166,8 @@ def time_models(dense, fff, ids, cfg: BenchConfig) -> dict:
 
 
 # Ways a whole model runs in `time_models`, by the suffix of their keys.
-MODEL_MODES = {"": "eager", "_graph": "CUDA graph", "_compiled": "torch.compile",
-               "_compiled_graph": "torch.compile + CUDA graph"}
+MODEL_MODES = {"": "eager", "_graph": "CUDA graph", "_optimized": "fffconvert.optimize",
+               "_compiled": "torch.compile", "_compiled_graph": "torch.compile + CUDA graph"}
 
 
 def _host_ms(fn, rounds: int = 10) -> float:

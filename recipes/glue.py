@@ -40,6 +40,7 @@ from fffconvert.convert import FFFConfig  # noqa: E402
 from fffconvert.e2e import E2EConfig, distill_model, routing_agreement  # noqa: E402
 from fffconvert.errors import UserError  # noqa: E402
 from fffconvert.io import check_converted_config  # noqa: E402
+from fffconvert.quantize import quantize  # noqa: E402
 from fffconvert.sources import embedded_model_path, load_dense  # noqa: E402
 from fffconvert.surgery import fff_layers  # noqa: E402
 from fffconvert.texts import default_texts  # noqa: E402
@@ -167,6 +168,8 @@ def distill_on_task(student, teacher, name, task, learn, heldout, dev, collate, 
            "fff": evaluate(student, task, dev, collate, device), "agreement": routing_agreement(student, batches),
            "distill": {k: stats[k] for k in ("steps", "best_step", "best_score", "examples_per_s", "evaluations")},
            "augment_copies": copies, "distill_examples": len(transfer), "seconds": time.perf_counter() - t0}
+    if args.int8:  # what int8 for the remaining Linear layers costs (CPU kernels)
+        row["fff_int8"] = evaluate(quantize(copy.deepcopy(student).cpu().float(), "int8"), task, dev, collate, "cpu")
     if rank_and_world()[0] == 0:
         fffconvert.save_pretrained(student, out / f"fff-{name}", overwrite=True, command=" ".join(["python", *sys.argv]))
     return row
@@ -205,6 +208,10 @@ def write_reports(results: dict, out: Path):
                      f"| {100 * r['fff'][key] / dense[key]:.1f}% | {r['agreement']:.3f} "
                      f"| {r['distill']['steps']} ({r['distill']['best_step']}) | {s.get('ffn_layer_speedup', float('nan')):.1f}x "
                      f"| {s.get('model_speedup', float('nan')):.2f}x | {r['seconds']:.0f} |")
+        if "fff_int8" in r:
+            q = r["fff_int8"][key]
+            lines.append(f"| {r['name']} + int8 Linears (CPU) | | {q:.2f} | {100 * q / dense[key]:.1f}% "
+                         f"| | | | | |")
     lines += ["", f"All dense metrics: {json.dumps({k: round(v, 2) for k, v in dense.items()})}",
               f"Total wall time: {results['seconds_total']:.0f} s. Command: `{results['command']}`"]
     (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -252,6 +259,7 @@ def plot_sweep(results, key, path):
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints under --output.")
 @click.option("--no-speed", is_flag=True, help="Skip the speed measurement.")
+@click.option("--int8", is_flag=True, help="Also score the student with its remaining Linear layers in int8 (CPU).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(task, source, generals, depth, data_dir, output, device, **kw):
     """Finetune (or take) a teacher, distill an FFF student in two stages, score both; write results."""

@@ -146,9 +146,10 @@ def test_tiny_recipe_run_end_to_end_and_reproducible(tmp_path, minilm_path, gene
 
     model = fffconvert.from_pretrained(tmp_path / "a" / "fff-general-d2")
     assert type(model).__name__ == "FFFBertForSequenceClassification"
-    r = CliRunner().invoke(glue.main, recipe_args(tmp_path / "b", minilm_path, general_dir))  # same seed, same run
+    r = CliRunner().invoke(glue.main, recipe_args(tmp_path / "b", minilm_path, general_dir) + ["--int8"])  # same seed
     again = json.loads((tmp_path / "b" / "results.json").read_text())
     assert again["dense"] == results["dense"] and again["fff"][0]["fff"] == row["fff"]
+    assert {"f1", "accuracy"} <= again["fff"][0]["fff_int8"].keys() and "int8" in (tmp_path / "b" / "results.md").read_text()
 
 
 @needs_glue

@@ -1,0 +1,66 @@
+"""fffconvert.optimize: graphs per input shape give the model's own outputs (CUDA parts run on the GPU machine)."""
+import pytest
+import torch
+
+import fffconvert
+from conftest import tiny_fff_model, tiny_model
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU (runs on the GPU machine)")
+
+
+def test_a_cpu_model_is_returned_as_it_is():
+    model = tiny_fff_model("bert")
+    assert fffconvert.optimize(model) is model
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "electra", "distilbert"])
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_the_graphs_4d_mask_means_what_the_2d_mask_means(model_type, impl):
+    from fffconvert.optimize import _mask_4d
+
+    model = tiny_fff_model(model_type)
+    model.config._attn_implementation = impl
+    ids = torch.randint(1000, 30000, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, 3:] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=_mask_4d(mask, model)).logits,
+                                   model(input_ids=ids, attention_mask=mask).logits)
+
+
+@cuda
+@pytest.mark.parametrize("model_type,impl", [("bert", "sdpa"), ("bert", "eager"), ("roberta", "sdpa"),
+                                             ("distilbert", "sdpa")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graphs_give_the_models_outputs(model_type, impl, dtype):
+    model = tiny_fff_model(model_type)
+    model.config._attn_implementation = impl
+    model = model.cuda().to(dtype).eval()
+    fast = fffconvert.optimize(model, max_graphs=2)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    g = torch.Generator().manual_seed(0)
+    held = []
+    for batch, tokens in [(3, 7), (3, 7), (5, 11), (2, 4), (3, 7)]:  # repeats, a new shape, an eviction
+        ids = torch.randint(1000, 30000, (batch, tokens), generator=g).cuda()
+        mask = torch.ones_like(ids)
+        mask[0, tokens // 2:] = 0  # padding is data: the same graph serves any mask
+        with torch.no_grad():
+            want = model(input_ids=ids, attention_mask=mask).logits
+            got = fast(input_ids=ids, attention_mask=mask).logits
+            unmasked = fast(input_ids=ids).logits
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+        torch.testing.assert_close(unmasked, model(input_ids=ids).logits.detach(), atol=tol, rtol=tol)
+        held.append((got, want))
+    assert len(fast._graphs) == 2
+    for got, want in held:  # later replays did not overwrite what earlier calls returned
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
+@cuda
+def test_training_and_gradients_run_eagerly():
+    model = tiny_model("bert", "ForSequenceClassification").cuda()
+    fast = fffconvert.optimize(model)
+    ids = torch.randint(1000, 30000, (2, 5)).cuda()
+    model.train()
+    fast(input_ids=ids).logits.sum().backward()
+    assert model.classifier.weight.grad is not None and not fast._graphs
