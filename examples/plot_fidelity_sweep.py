@@ -20,8 +20,13 @@ def rows(pairs):
         out.append({"name": Path(folder).name, "neurons": fff["rows_per_token"], "shapes": shapes,
                     "stsb": ev["stsb_spearman"]["fff"], "dense": ev["stsb_spearman"]["dense"],
                     "retention": 100 * ev["stsb_spearman"]["retention"], "cosine": ev["embedding_cosine"],
-                    "cosine_p5": ev["embedding_cosine_p5"], "e2e_steps": fff.get("end_to_end", {}).get("steps", 0)})
+                    "cosine_p5": ev["embedding_cosine_p5"], "e2e": _e2e(fff)})
     return sorted(out, key=lambda r: r["neurons"])
+
+
+def _e2e(fff):
+    e2e = fff.get("end_to_end") or {}
+    return f"{e2e['steps']} x {e2e['batch_size']}" if e2e else "none"
 
 
 def main(png, md, *pairs):
@@ -32,9 +37,9 @@ def main(png, md, *pairs):
 
     data = rows(pairs)
     lines = ["| conversion | tree shapes (depth, leaf width) | neurons per token | STS-B Spearman | retention "
-             "| embedding cosine (mean / 5th pct) | end-to-end steps |", "|---|---|---:|---:|---:|---:|---:|"]
+             "| embedding cosine (mean / 5th pct) | end-to-end steps x texts |", "|---|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['name']} | {', '.join(map(str, r['shapes']))} | {r['neurons']:.1f} | {r['stsb']:.2f} "
-              f"| {r['retention']:.1f}% | {r['cosine']:.3f} / {r['cosine_p5']:.3f} | {r['e2e_steps']} |" for r in data]
+              f"| {r['retention']:.1f}% | {r['cosine']:.3f} / {r['cosine_p5']:.3f} | {r['e2e']} |" for r in data]
     lines.append(f"\nDense STS-B Spearman: {data[0]['dense']:.2f}.")
     Path(md).write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(5.5, 3.6))

@@ -140,8 +140,13 @@ def general_model(args, depth: int, source: str, learn, device, out: Path) -> Pa
 
 def student_model(general: Path, teacher, task: str, device):
     """The general FFF model's body with the teacher's task head (and pooler)."""
-    student = transformers.AutoModelForSequenceClassification.from_pretrained(
-        general, num_labels=TASKS[task].num_labels, dtype=torch.float32)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the head it reports missing is the teacher's, copied next
+    try:
+        student = transformers.AutoModelForSequenceClassification.from_pretrained(
+            general, num_labels=TASKS[task].num_labels, dtype=torch.float32)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     prefix = student.base_model_prefix + "."
     head = {k: v for k, v in teacher.state_dict().items() if not k.startswith(prefix) or k.startswith(prefix + "pooler.")}
     missing = set(head) - set(student.state_dict())
@@ -308,6 +313,9 @@ def run(task, source, generals, depths, data_dir, out: Path, device, args):
                "split": {"learn": len(learn), "heldout": len(heldout)}, "teacher": teacher_report,
                "dense": evaluate(teacher, task, dev, collate, device), "fff": [],
                "dense_ffn_width": getattr(teacher.config, "intermediate_size", None) or getattr(teacher.config, "hidden_dim", None)}
+    results["seconds_total"] = time.perf_counter() - t0
+    if rank == 0:  # the teacher's scores are kept even if a later stage is stopped
+        write_reports(results, out)
     paths = [(Path(g).name, Path(g)) for g in generals] or [(f"d{d}", general_model(args, d, source, learn, device, out))
                                                               for d in depths]
     for name, path in paths:
