@@ -54,6 +54,23 @@ class CLI(click.Group):
             sys.exit(130)
 
 
+class _NotEmpty:
+    """An empty value is a mistake (a path would name the current folder), not the default."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class NonEmptyPath(_NotEmpty, click.Path):
+    pass
+
+
+class NonEmptyName(_NotEmpty, click.types.StringParamType):
+    """A folder or a hub name."""
+
+
 def _ints(minimum: int):
     """Callback: "10" -> 10, "10,10,8" -> [10, 10, 8] (one per layer); each >= minimum."""
     def parse(ctx, param, value):
@@ -92,7 +109,7 @@ def main():
 
 
 @main.command(epilog=EPILOG)
-@click.argument("model", required=False)
+@click.argument("model", required=False, type=NonEmptyName())
 @click.option("--depth", callback=_ints(1), default="8", show_default=True,
               help="Tree depth D (2^D leaves, D routing rows per token); comma-separated: one per layer.")
 @click.option("--leaf-width", callback=_ints(1), default=None,
@@ -100,7 +117,7 @@ def main():
 @click.option("--neurons-per-token", type=click.FloatRange(min=2), default=None,
               help="A budget instead of a leaf width: the mean over layers of D + leaf width; the leaf widths "
                    "go where the measured error falls most.")
-@click.option("--calib-data", type=click.Path(), default=None,
+@click.option("--calib-data", type=NonEmptyPath(), default=None,
               help="Text to convert on: .txt (a text per line), .jsonl/.csv/.tsv (a column), or a folder of them. "
                    "Default: a general English corpus when `datasets` is online, else fffconvert's small corpus.")
 @click.option("--text-column", default=None, help="Column of .jsonl/.csv/.tsv text (default: text, sentence, ...).")
@@ -117,7 +134,7 @@ def main():
               help="Chance per token of deletion and of replacement in the end-to-end texts.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Record int8 for the remaining Linear layers: fffconvert.from_pretrained quantizes them on loading.")
-@click.option("--output", "-o", type=click.Path(), default=None, help="Output folder. Default: out/<model name>-fff.")
+@click.option("--output", "-o", type=NonEmptyPath(), default=None, help="Output folder. Default: out/<model name>-fff.")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists (and start over).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted conversion into the same output.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -213,15 +230,15 @@ def _convert_and_save(src, config, texts, where, output, overwrite, device, run,
 
 
 @main.command(name="eval", epilog=EPILOG)
-@click.argument("converted")
+@click.argument("converted", type=NonEmptyName())
 @click.option("--dense", default=None, help="The dense source (folder or hub name). Default: the one recorded at conversion.")
-@click.option("--data", type=click.Path(), default=None,
+@click.option("--data", type=NonEmptyPath(), default=None,
               help="Text to measure on (formats as --calib-data); use text the model was not converted on. "
                    "Default: fffconvert's evaluation corpus.")
 @click.option("--text-column", default=None)
 @click.option("--max-texts", type=click.IntRange(min=2), default=2000, show_default=True)
-@click.option("--stsb", type=click.Path(), default=None, help="STS-B dev (a GLUE folder or STS-B/dev.tsv): Spearman of both models.")
-@click.option("--json", "json_path", type=click.Path(), default=None, help="Also write the results as JSON here.")
+@click.option("--stsb", type=NonEmptyPath(), default=None, help="STS-B dev (a GLUE folder or STS-B/dev.tsv): Spearman of both models.")
+@click.option("--json", "json_path", type=NonEmptyPath(), default=None, help="Also write the results as JSON here.")
 @click.option("--int8", is_flag=True, help="Also measure the model with its Linear layers in int8 (CPU): what --quantize costs.")
 @DEVICE
 def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8, device):
@@ -282,10 +299,10 @@ def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8,
 @click.option("--peers", is_flag=True,
               help="Whole models against what CPU users run instead: ONNX Runtime fp32 and int8 (with onnxruntime "
                    "installed), FFF fp32 and FFF + int8, at 1 x 16, 1 x 128 and 8 x 128 tokens.")
-@click.option("--converted", type=click.Path(), default=None,
+@click.option("--converted", type=NonEmptyPath(), default=None,
               help="With --peers: a converted folder (and its recorded source, or --dense) instead of a random BERT shape.")
 @click.option("--dense", default=None, help="With --converted: its dense source, if not the recorded one.")
-@click.option("--json", "json_path", type=click.Path(), default=None, help="Write the results here.")
+@click.option("--json", "json_path", type=NonEmptyPath(), default=None, help="Write the results here.")
 def bench(json_path, peers, converted, dense, **kw):
     """Time FFF against torch's dense FFN (layer and whole model), side by side in one process."""
     from pathlib import Path

@@ -34,6 +34,7 @@ from augment import augment  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split, score  # noqa: E402
 
 import fffconvert  # noqa: E402
+from fffconvert.cli import NonEmptyName, NonEmptyPath  # noqa: E402
 from fffconvert.bench import DTYPES, BenchConfig, bench_layer, random_ids, time_models  # noqa: E402
 from fffconvert.atomic import check_writable  # noqa: E402
 from fffconvert.convert import FFFConfig  # noqa: E402
@@ -246,13 +247,13 @@ def plot_sweep(results, key, path):
 
 @click.command()
 @click.option("--task", type=click.Choice(sorted(TASKS)), required=True)
-@click.option("--model", "source", default=None, help="Local folder or hub name. Default: embedded all-MiniLM-L6-v2.")
-@click.option("--general", "generals", multiple=True, type=click.Path(file_okay=False, exists=True),
+@click.option("--model", "source", type=NonEmptyName(), default=None, help="Local folder or hub name. Default: embedded all-MiniLM-L6-v2.")
+@click.option("--general", "generals", multiple=True, type=NonEmptyPath(file_okay=False, exists=True),
               help="A general FFF model of MODEL (`fffconvert MODEL ...`); repeat for a sweep. Default: made here.")
 @click.option("--depth", default="8", show_default=True, help="Depth(s) of the general models made here (comma-separated: a sweep).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--data-dir", type=NonEmptyPath(file_okay=False), default=None,
               help="Folder in the GLUE TSV layout. Default: the hub, through `datasets`.")
-@click.option("--output", type=click.Path(file_okay=False), required=True)
+@click.option("--output", type=NonEmptyPath(file_okay=False), required=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--max-train", type=click.IntRange(min=4), default=None, help="Use only the first N training rows (quick runs).")
 @click.option("--max-dev", type=click.IntRange(min=1), default=None, help="Use only the first N rows of each dev split.")

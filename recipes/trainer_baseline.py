@@ -22,14 +22,15 @@ import glue_rules as rules  # noqa: E402
 from glue import evaluate, headline, make_collate  # noqa: E402
 from glue_tasks import TASKS, load_split  # noqa: E402
 
+from fffconvert.cli import NonEmptyName, NonEmptyPath  # noqa: E402
 from fffconvert.sources import embedded_model_path  # noqa: E402
 
 
 @click.command()
 @click.option("--task", type=click.Choice(sorted(TASKS)), required=True)
-@click.option("--model", "source", default=None, help="Default: the embedded all-MiniLM-L6-v2.")
-@click.option("--data-dir", type=click.Path(file_okay=False, exists=True), required=True)
-@click.option("--output", type=click.Path(file_okay=False), required=True)
+@click.option("--model", "source", type=NonEmptyName(), default=None, help="Default: the embedded all-MiniLM-L6-v2.")
+@click.option("--data-dir", type=NonEmptyPath(file_okay=False, exists=True), required=True)
+@click.option("--output", type=NonEmptyPath(file_okay=False), required=True)
 @click.option("--lr", type=float, default=2e-5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(task, source, data_dir, output, lr, seed):

@@ -128,6 +128,9 @@ CLI_CASES = [
     ("output under a file", lambda b, t: [b / "dense", "--output", write(t / "afile", "x") / "out"], "is a file"),
     ("output is the source", lambda b, t: [copy(b, "dense", t), "--output", t / "dense", "--overwrite"], "source model's folder"),
     ("interrupted run without --resume", lambda b, t: [interrupted(b, t)], "--resume"),
+    ("empty model name", lambda b, t: [""], "'[MODEL]': is empty"),
+    ("empty output", lambda b, t: [b / "dense", "--output", ""], "'--output' / '-o': is empty"),
+    ("blank text path", lambda b, t: [b / "dense", "--calib-data", "  "], "'--calib-data': is empty"),
 ]
 
 
@@ -225,6 +228,9 @@ OTHER_CLI_CASES = [
     ("eval: --json under a file", lambda b, t: ["eval", b / "converted", "--json", write(t / "f", "x") / "r.json"], "is a file"),
     ("eval: data missing", lambda b, t: ["eval", b / "converted", "--data", t / "none.txt"], "no such file"),
     ("eval: source not recorded", lambda b, t: ["eval", b / "converted"], "--dense"),
+    ("eval: empty folder name", lambda b, t: ["eval", ""], "'CONVERTED': is empty"),
+    ("eval: empty --json", lambda b, t: ["eval", b / "converted", "--json", ""], "'--json': is empty"),
+    ("bench: empty --converted", lambda b, t: ["bench", "--converted", ""], "'--converted': is empty"),
     ("bench: threads -1", lambda b, t: ["bench", "--threads", "-1"], "'--threads'"),
     ("bench: hidden 0", lambda b, t: ["bench", "--hidden", "0"], "'--hidden'"),
     ("bench: batch 0", lambda b, t: ["bench", "--batch", "0"], "'--batch'"),

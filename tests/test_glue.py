@@ -158,6 +158,8 @@ def test_tiny_recipe_run_end_to_end_and_reproducible(tmp_path, minilm_path, gene
     (["--checkpoint-every", "0"], "'--checkpoint-every'"),
     (["--data-dir", "/nowhere"], "no such file"),
     (["--device", "cuda"], "no CUDA GPU"),
+    (["--model", ""], "'--model': is empty"),
+    (["--output", " "], "'--output': is empty"),
 ])
 def test_recipe_refuses_before_any_work(change, message, tmp_path, minilm_path, general_dir):
     from click.testing import CliRunner
