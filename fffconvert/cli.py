@@ -8,6 +8,7 @@ traceback. Heavy imports happen inside the commands, so `--help` is instant.
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -144,7 +145,6 @@ def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column
             e2e_batch_size, e2e_minutes, e2e_augment, quantize, output, overwrite, resume, seed, device, allow_pickle):
     """Convert MODEL (a local folder or a hub name; default: the embedded all-MiniLM-L6-v2)."""
     import shutil
-    from pathlib import Path
 
     from .atomic import atomic_folder
     from .convert import FFFConfig
@@ -154,6 +154,12 @@ def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column
     from .sources import embedded_model_path, inspect_source, load_dense
     from .texts import default_texts, read_texts
 
+    for given, needs, why in ((text_column, calib_data, "--text-column names a column of --calib-data: give the file too"),
+                              (resume and overwrite, False, "--resume continues a conversion, --overwrite starts over: give one"),
+                              (e2e_steps is not None and e2e_minutes is not None, False,
+                               "--e2e-steps and --e2e-minutes both set the end-to-end length: give one")):
+        if given and not needs:
+            raise UserError(why)
     e2e = {k: v for k, v in (("steps", e2e_steps), ("batch_size", e2e_batch_size), ("minutes", e2e_minutes),
                              ("augment", e2e_augment)) if v is not None}
     config = FFFConfig(depth=depth, leaf_width=leaf_width, neurons_per_token=neurons_per_token, calib_tokens=calib_tokens,
@@ -210,7 +216,8 @@ def _convert_and_save(src, config, texts, where, output, overwrite, device, run,
     if quantize:
         fff["quantize"] = quantize
     base = model_arg or "sentence-transformers/all-MiniLM-L6-v2"
-    fff["source"] = base
+    local = Path(base).expanduser()
+    fff["source"] = str(local.resolve()) if local.is_dir() else base  # eval finds it from any folder
     t = time.perf_counter()
     command = " ".join(["fffconvert", *sys.argv[1:]])
     with tqdm(total=1, desc="saving", unit="folder") as bar:
@@ -243,14 +250,14 @@ def _convert_and_save(src, config, texts, where, output, overwrite, device, run,
 @DEVICE
 def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8, device):
     """Measure a converted model against its dense source on text it was not converted on."""
-    from pathlib import Path
-
     from . import evaluate as ev
     from .atomic import check_writable
     from .errors import UserError
     from .io import from_pretrained
     from .sources import embedded_model_path, load_dense
 
+    if text_column and not data:
+        raise UserError("--text-column names a column of --data: give the file too")
     if json_path:
         if Path(json_path).is_dir():
             raise UserError(f"--json {json_path} is a folder")
@@ -305,8 +312,6 @@ def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8,
 @click.option("--json", "json_path", type=NonEmptyPath(), default=None, help="Write the results here.")
 def bench(json_path, peers, converted, dense, **kw):
     """Time FFF against torch's dense FFN (layer and whole model), side by side in one process."""
-    from pathlib import Path
-
     from . import bench as b
     from .atomic import check_writable
     from .errors import UserError

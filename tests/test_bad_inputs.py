@@ -131,6 +131,9 @@ CLI_CASES = [
     ("empty model name", lambda b, t: [""], "'[MODEL]': is empty"),
     ("empty output", lambda b, t: [b / "dense", "--output", ""], "'--output' / '-o': is empty"),
     ("blank text path", lambda b, t: [b / "dense", "--calib-data", "  "], "'--calib-data': is empty"),
+    ("text column without text", lambda b, t: [b / "dense", "--text-column", "body"], "give the file too"),
+    ("resume and overwrite", lambda b, t: [b / "dense", "--resume", "--overwrite"], "give one"),
+    ("e2e steps and minutes", lambda b, t: [b / "dense", "--e2e-steps", "3", "--e2e-minutes", "1"], "give one"),
 ]
 
 
@@ -172,7 +175,7 @@ def test_convert_refuses(name, make, message, base, tmp_path, monkeypatch):
     args = [str(a) for a in make(base, tmp_path)]
     if "--output" not in args:
         args += ["--output", str(tmp_path / "result")]
-    if "--calib-data" not in args:
+    if "--calib-data" not in args and "--text-column" not in args:  # a case with a column tests its text's absence
         args += ["--calib-data", str(base / "text.txt")]
     before = snapshot(tmp_path)
     r = CliRunner().invoke(main, with_defaults(args))
@@ -229,6 +232,7 @@ OTHER_CLI_CASES = [
     ("eval: data missing", lambda b, t: ["eval", b / "converted", "--data", t / "none.txt"], "no such file"),
     ("eval: source not recorded", lambda b, t: ["eval", b / "converted"], "--dense"),
     ("eval: empty folder name", lambda b, t: ["eval", ""], "'CONVERTED': is empty"),
+    ("eval: text column without data", lambda b, t: ["eval", b / "converted", "--text-column", "x"], "give the file too"),
     ("eval: empty --json", lambda b, t: ["eval", b / "converted", "--json", ""], "'--json': is empty"),
     ("bench: empty --converted", lambda b, t: ["bench", "--converted", ""], "'--converted': is empty"),
     ("bench: threads -1", lambda b, t: ["bench", "--threads", "-1"], "'--threads'"),

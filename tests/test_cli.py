@@ -26,9 +26,10 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def test_convert_a_local_model(tiny_bert_dir, calib_file, tmp_path):
+def test_convert_a_local_model(tiny_bert_dir, calib_file, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    r = run(tiny_bert_dir, "--depth", 2, "--calib-data", calib_file, "--steps", 2, "--e2e-steps", 2, "--output", out)
+    monkeypatch.chdir(tiny_bert_dir.parent)  # the source given relative to here: recorded absolute, for eval anywhere
+    r = run(tiny_bert_dir.name, "--depth", 2, "--calib-data", calib_file, "--steps", 2, "--e2e-steps", 2, "--output", out)
     assert r.exit_code == 0, r.output
     assert "clustering init" in r.output and "after end-to-end" in r.output and "Saved to" in r.output
     assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= {p.name for p in out.iterdir()}
@@ -37,6 +38,7 @@ def test_convert_a_local_model(tiny_bert_dir, calib_file, tmp_path):
 
     model = fffconvert.from_pretrained(out)
     assert isinstance(model, transformers.BertForSequenceClassification) and type(model).__name__.startswith("FFF")
+    assert model.config.fff["source"] == str(tiny_bert_dir.resolve())
 
 
 def test_help_lists_options_and_examples():
