@@ -2,8 +2,8 @@
 
     python examples/plot_fidelity_sweep.py sweep.png sweep.md out/d8:out/d8.eval.json out/d10:out/d10.eval.json ...
 
-Writes the PNG (STS-B retention and embedding cosine against the mean neurons per token) and a
-Markdown table; needs matplotlib (fffconvert[glue]).
+Writes the PNG (STS-B retention and embedding cosine against the mean neurons per token, a line per
+end-to-end setting) and a Markdown table; needs matplotlib (fffconvert[glue]).
 """
 import json
 import sys
@@ -42,17 +42,25 @@ def main(png, md, *pairs):
               f"| {r['retention']:.1f}% | {r['cosine']:.3f} / {r['cosine_p5']:.3f} | {r['e2e']} |" for r in data]
     lines.append(f"\nDense STS-B Spearman: {data[0]['dense']:.2f}.")
     Path(md).write_text("\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    xs = [r["neurons"] for r in data]
-    ax.plot(xs, [r["retention"] for r in data], "o", label="STS-B retention (%)")
-    for x, r in zip(xs, data):
-        ax.annotate(r["name"], (x, r["retention"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel("FFN neurons per token (routing + leaf), mean over layers")
-    ax.set_ylabel("STS-B retention (%)")
-    twin = ax.twinx()
-    twin.plot(xs, [r["cosine"] for r in data], "s", color="tab:orange", label="embedding cosine")
-    twin.set_ylabel("embedding cosine to the dense model")
-    fig.legend(loc="lower right", fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for e2e in sorted({r["e2e"] for r in data}, reverse=True):  # one series per end-to-end setting
+        series = [r for r in data if r["e2e"] == e2e]
+        for ax, key in zip(axes, ("retention", "cosine")):
+            ax.plot([r["neurons"] for r in series], [r[key] for r in series], "o-", label=f"end-to-end {e2e}")
+            for r in series:
+                ax.annotate(f"depth {r['shapes'][0][0]}", (r["neurons"], r[key]), textcoords="offset points",
+                            xytext=(5, -3), fontsize=7)
+    for ax, label in zip(axes, ("STS-B Spearman retention (%)", "embedding cosine to the dense model")):
+        ax.set_xscale("log")
+        ax.set_xticks([10, 15, 20, 30, 50, 100], labels=["10", "15", "20", "30", "50", "100"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("FFN neurons per token (mean over layers)")
+        ax.set_ylabel(label)
+    axes[0].axhline(99, color="gray", ls=":", lw=1)
+    axes[1].axhline(0.95, color="gray", ls=":", lw=1)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Converted vs dense on STS-B dev sentences (dense Spearman {data[0]['dense']:.2f}); dotted: targets",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     print("\n".join(lines))
