@@ -154,11 +154,11 @@ def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column
     from .sources import embedded_model_path, inspect_source, load_dense
     from .texts import default_texts, read_texts
 
-    for given, needs, why in ((text_column, calib_data, "--text-column names a column of --calib-data: give the file too"),
-                              (resume and overwrite, False, "--resume continues a conversion, --overwrite starts over: give one"),
-                              (e2e_steps is not None and e2e_minutes is not None, False,
-                               "--e2e-steps and --e2e-minutes both set the end-to-end length: give one")):
-        if given and not needs:
+    for mistaken, why in ((text_column and not calib_data, "--text-column names a column of --calib-data: give the file too"),
+                          (resume and overwrite, "--resume continues a conversion, --overwrite starts over: give one"),
+                          (e2e_steps is not None and e2e_minutes is not None,
+                           "--e2e-steps and --e2e-minutes both set the end-to-end length: give one")):
+        if mistaken:
             raise UserError(why)
     e2e = {k: v for k, v in (("steps", e2e_steps), ("batch_size", e2e_batch_size), ("minutes", e2e_minutes),
                              ("augment", e2e_augment)) if v is not None}
