@@ -16,7 +16,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from fffconvert.bench import BenchConfig, _cuda_graph, bert_models
+from fffconvert.bench import BenchConfig, bert_models
+from fffconvert.optimize import capture
 
 FORWARDS = 5
 
@@ -54,7 +55,7 @@ def main():
             print(f"== {name}: GPU kernel time per forward {gpu_us / FORWARDS / 1e3:.3f} ms")
             print(events.table(sort_by="self_device_time_total", row_limit=14, max_name_column_width=60))
         for name, fn in calls.items():
-            print(f"{name}: CUDA graph replay {wall_ms(_cuda_graph(fn), 50):.3f} ms")
+            print(f"{name}: CUDA graph replay {wall_ms(capture(fn, warmup=3)[0].replay, 50):.3f} ms")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .layer import FFF
-from .optimize import optimize
+from .optimize import capture, optimize
 from .surgery import empty_fff_model, fff_layers
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -155,7 +155,7 @@ def time_models(dense, fff, ids, cfg: BenchConfig) -> dict:
         t = time_calls(fns, cfg)
         if cfg.device == "cuda":
             out.update({f"{k}_host_ms": round(_host_ms(fns[k]), 3) for k in ("dense", "fff")})
-            t.update(time_calls({f"{k}_graph": _cuda_graph(fn) for k, fn in fns.items()}, cfg))
+            t.update(time_calls({f"{k}_graph": capture(fn, warmup=3)[0].replay for k, fn in fns.items()}, cfg))
             fast = {k: optimize(models[k]) for k in ("dense", "fff")}
             t.update(time_calls({f"{k}_optimized": (lambda m=m: m(input_ids=ids)) for k, m in fast.items()}, cfg))
     out.update({f"{k}_ms": [round(v * 1e3, 3) for v in t[k]] for k in t})
@@ -180,20 +180,6 @@ def _host_ms(fn, rounds: int = 10) -> float:
         times.append(time.perf_counter() - t)
     torch.cuda.synchronize()
     return statistics.median(times) * 1e3
-
-
-def _cuda_graph(fn):
-    """fn captured once as a CUDA graph; the returned function replays it (one launch)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm up off the default stream, as capture requires
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def environment(cfg: BenchConfig) -> dict:

@@ -251,29 +251,20 @@ def _convert_and_save(src, config, texts, where, output, overwrite, device, run,
 def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8, device):
     """Measure a converted model against its dense source on text it was not converted on."""
     from . import evaluate as ev
-    from .atomic import check_writable
     from .errors import UserError
     from .io import from_pretrained
-    from .sources import embedded_model_path, load_dense
+    from .sources import load_dense
 
     if text_column and not data:
         raise UserError("--text-column names a column of --data: give the file too")
-    if json_path:
-        if Path(json_path).is_dir():
-            raise UserError(f"--json {json_path} is a folder")
-        check_writable(Path(json_path).parent / ".probe")
+    _check_json(json_path)
     device = _device(device)
     if int8 and device != "cpu":
         raise UserError("--int8 measures the CPU's int8 kernels: use --device cpu")
     texts = ev.eval_texts(data, text_column, max_texts)
     pairs = ev.stsb_pairs(stsb) if stsb else None
     fff = from_pretrained(converted, quantize=False)
-    source = dense or fff.config.fff.get("source")
-    if not source:
-        raise UserError(f"{converted} does not record its source: give it with --dense")
-    if source == "sentence-transformers/all-MiniLM-L6-v2" and not dense:
-        source = str(embedded_model_path())  # the embedded copy: works offline
-    src = load_dense(source)
+    src = load_dense(_dense_source(fff, dense, converted))
     result = ev.evaluate(fff, src.model, src.tokenizer, texts, src.pooling, pairs, device)
     if int8 or fff.config.fff.get("quantize") and device == "cpu":
         from .quantize import quantize
@@ -313,13 +304,9 @@ def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8,
 def bench(json_path, peers, converted, dense, **kw):
     """Time FFF against torch's dense FFN (layer and whole model), side by side in one process."""
     from . import bench as b
-    from .atomic import check_writable
     from .errors import UserError
 
-    if json_path:
-        if Path(json_path).is_dir():
-            raise UserError(f"--json {json_path} is a folder")
-        check_writable(Path(json_path).parent / ".probe")
+    _check_json(json_path)
     if converted and not peers:
         raise UserError("--converted is for --peers")
     if peers:
@@ -349,14 +336,10 @@ def _bench_peers(json_path, converted, dense, kw):
     cfg = b.BenchConfig(**{**kw, "device": "cpu", "dtype": "float32", "tokens": [0]})
     if converted:
         from .io import from_pretrained
-        from .sources import embedded_model_path, load_dense
+        from .sources import load_dense
 
         fff = from_pretrained(converted, quantize=False)
-        source = dense or fff.config.fff.get("source")
-        if not source:
-            raise UserError(f"{converted} does not record its source: give it with --dense")
-        if source == "sentence-transformers/all-MiniLM-L6-v2" and not dense:
-            source = str(embedded_model_path())
+        source = _dense_source(fff, dense, converted)
         dense_model, what = load_dense(source).model, f"{converted} against {source}"
     else:
         dense_model, fff, _ = b.bert_models(cfg)
@@ -375,6 +358,30 @@ def _bench_peers(json_path, converted, dense, kw):
     if json_path:
         b.save({"config": {**kw, "converted": converted}, "environment": env, "peers": rows}, json_path)
         click.echo(f"\nWrote {json_path}")
+
+
+def _check_json(json_path):
+    """A --json path that can be written, checked before any work."""
+    from .atomic import check_writable
+    from .errors import UserError
+
+    if json_path:
+        if Path(json_path).is_dir():
+            raise UserError(f"--json {json_path} is a folder")
+        check_writable(Path(json_path).parent / ".probe")
+
+
+def _dense_source(fff, dense, converted) -> str:
+    """The dense model to measure `fff` against: --dense, else the source its conversion recorded."""
+    from .errors import UserError
+    from .sources import embedded_model_path
+
+    source = dense or fff.config.fff.get("source")
+    if not source:
+        raise UserError(f"{converted} does not record its source: give it with --dense")
+    if source == "sentence-transformers/all-MiniLM-L6-v2" and not dense:
+        source = str(embedded_model_path())  # the embedded copy: works offline
+    return source
 
 
 if __name__ == "__main__":

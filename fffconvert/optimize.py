@@ -66,16 +66,23 @@ class GraphedModel(nn.Module):
                 args["attention_mask"] = _mask_4d(static["attention_mask"], self.model)
             return self.model(**args)
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up off the default stream, as capture requires
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            output = run()
+        graph, output = capture(run)
         return graph, static, output
+
+
+def capture(fn, warmup: int = 2):
+    """(graph, output): fn() captured once as a CUDA graph (graph.replay() reruns it in one launch;
+    output holds the tensors each replay writes)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up off the default stream, as capture requires
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = fn()
+    return graph, output
 
 
 def _mask_4d(mask: torch.Tensor, model: nn.Module) -> torch.Tensor:
