@@ -3,6 +3,8 @@
     fffconvert MODEL --output out/general                    # once: the general FFF model
     python recipes/glue.py --task sst2 --general out/general --data-dir GLUE --output out/glue/sst2
     python recipes/glue.py --task mrpc --depth 6,8,10 ...      # general models made here: a sweep
+    python recipes/glue.py --task sst2 --teacher-only ...       # the teacher now (e.g. while the
+    python recipes/glue.py --task sst2 --resume --general ...   #   general model converts), the student later
     torchrun --nproc-per-node 2 recipes/glue.py --task sst2 ... # several GPUs (DDP)
 
 1. Teacher: MODEL (--model; default the embedded all-MiniLM-L6-v2) if it already is a classifier
@@ -218,6 +220,9 @@ def write_reports(results: dict, out: Path):
             q = r["fff_int8"][key]
             lines.append(f"| {r['name']} + int8 Linears (CPU) | | {q:.2f} | {100 * q / dense[key]:.1f}% "
                          f"| | | | | |")
+    if t.get("tried"):
+        lines += ["", f"Teacher finetuning: {sum(r['seconds'] for r in t['tried']):.0f} s "
+                      f"({len(t['tried'])} learning rates, {t['steps_per_run']} steps each)."]
     lines += ["", f"All dense metrics: {json.dumps({k: round(v, 2) for k, v in dense.items()})}",
               f"Total wall time: {results['seconds_total']:.0f} s. Command: `{results['command']}`"]
     (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -263,7 +268,8 @@ def plot_sweep(results, key, path):
 @click.option("--max-distill-steps", type=click.IntRange(min=1), default=rules.DISTILL_STEPS, show_default=True,
               help="At most this many task distillation steps (held-out scores stop it earlier).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from the checkpoints under --output.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoints under --output (and take its teacher).")
+@click.option("--teacher-only", is_flag=True, help="Finetune and score the teacher, then stop; --resume takes it later.")
 @click.option("--no-speed", is_flag=True, help="Skip the speed measurement.")
 @click.option("--int8", is_flag=True, help="Also score the student with its remaining Linear layers in int8 (CPU).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -278,6 +284,8 @@ def main(task, source, generals, depth, data_dir, output, device, **kw):
         click.echo(f"Error: --depth must be integers >= 1, got {depth!r}", err=True)
         sys.exit(2)
     try:
+        if args.teacher_only and generals:
+            raise UserError("--general has no use with --teacher-only (the student is made by a later --resume run)")
         run(task, source, list(generals), depths, data_dir, Path(output), device, args)
     except (DataError, UserError) as e:
         if os.environ.get("FFFCONVERT_DEBUG"):
@@ -317,6 +325,8 @@ def run(task, source, generals, depths, data_dir, out: Path, device, args):
     results["seconds_total"] = time.perf_counter() - t0
     if rank == 0:  # the teacher's scores are kept even if a later stage is stopped
         write_reports(results, out)
+    if args.teacher_only:
+        return
     paths = [(Path(g).name, Path(g)) for g in generals] or [(f"d{d}", general_model(args, d, source, learn, device, out))
                                                               for d in depths]
     for name, path in paths:

@@ -150,6 +150,21 @@ def test_tiny_recipe_run_end_to_end_and_reproducible(tmp_path, minilm_path, gene
     again = json.loads((tmp_path / "b" / "results.json").read_text())
     assert again["dense"] == results["dense"] and again["fff"][0]["fff"] == row["fff"]
     assert {"f1", "accuracy"} <= again["fff"][0]["fff_int8"].keys() and "int8" in (tmp_path / "b" / "results.md").read_text()
+    # in two runs: the teacher alone, then the student from it (--resume), as in one run
+    args = recipe_args(tmp_path / "c", minilm_path, general_dir)
+    general = args.index("--general")
+    r = CliRunner().invoke(glue.main, args[:general] + args[general + 2:] + ["--teacher-only"])
+    assert r.exit_code == 0, r.output
+    first = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert first["dense"] == results["dense"] and first["fff"] == [] and not (tmp_path / "c" / "fff-general-d2").exists()
+    r = CliRunner().invoke(glue.main, args + ["--resume"])
+    assert r.exit_code == 0, r.output
+    later = json.loads((tmp_path / "c" / "results.json").read_text())
+    def untimed(teacher):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in teacher["tried"]]
+
+    assert untimed(later["teacher"]) == untimed(results["teacher"]) and later["fff"][0]["fff"] == row["fff"]
+    assert "Teacher finetuning" in (tmp_path / "c" / "results.md").read_text()
 
 
 @needs_glue
@@ -160,6 +175,7 @@ def test_tiny_recipe_run_end_to_end_and_reproducible(tmp_path, minilm_path, gene
     (["--device", "cuda"], "no CUDA GPU"),
     (["--model", ""], "'--model': is empty"),
     (["--output", " "], "'--output': is empty"),
+    (["--teacher-only", None], "--general has no use with --teacher-only"),
 ])
 def test_recipe_refuses_before_any_work(change, message, tmp_path, minilm_path, general_dir):
     from click.testing import CliRunner
@@ -170,7 +186,10 @@ def test_recipe_refuses_before_any_work(change, message, tmp_path, minilm_path, 
         pytest.skip("this machine has a GPU")
     args = recipe_args(tmp_path / "out", minilm_path, general_dir)
     for opt, value in zip(change[::2], change[1::2]):
-        args = args[: args.index(opt)] + [opt, value] + args[args.index(opt) + 2:] if opt in args else args + [opt, value]
+        if value is None:  # a flag
+            args = args + [opt]
+        else:
+            args = args[: args.index(opt)] + [opt, value] + args[args.index(opt) + 2:] if opt in args else args + [opt, value]
     r = CliRunner().invoke(glue.main, args)
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "out").exists()
