@@ -211,11 +211,11 @@ def write_reports(results: dict, out: Path):
     lines += ["| student | neurons per token | FFF dev " + key + " | retention | hard/soft agreement | distill steps (best) "
               "| FFN layer speedup | model speedup | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["fff"]:
-        s = r.get("speed", {})
+        s = r.get("speed")
+        speed = f"{s['ffn_layer_speedup']:.1f}x | {s['model_speedup']:.2f}x" if s else "not measured | not measured"
         lines.append(f"| {r['name']} | {r['rows_per_token']:.1f} of {results['dense_ffn_width']} | {r['fff'][key]:.2f} "
                      f"| {100 * r['fff'][key] / dense[key]:.1f}% | {r['agreement']:.3f} "
-                     f"| {r['distill']['steps']} ({r['distill']['best_step']}) | {s.get('ffn_layer_speedup', float('nan')):.1f}x "
-                     f"| {s.get('model_speedup', float('nan')):.2f}x | {r['seconds']:.0f} |")
+                     f"| {r['distill']['steps']} ({r['distill']['best_step']}) | {speed} | {r['seconds']:.0f} |")
         if "fff_int8" in r:
             q = r["fff_int8"][key]
             lines.append(f"| {r['name']} + int8 Linears (CPU) | | {q:.2f} | {100 * q / dense[key]:.1f}% "
