@@ -160,6 +160,7 @@ def test_tiny_recipe_run_end_to_end_and_reproducible(tmp_path, minilm_path, gene
     r = CliRunner().invoke(glue.main, args + ["--resume"])
     assert r.exit_code == 0, r.output
     later = json.loads((tmp_path / "c" / "results.json").read_text())
+
     def untimed(teacher):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in teacher["tried"]]
 

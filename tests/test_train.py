@@ -57,3 +57,18 @@ def test_end_to_end_distillation_ends_with_hard_routing():
     torch.testing.assert_close(again, hard)  # soft_routing restored the hard forward
     assert soft.shape == hard.shape
     assert 0.0 <= routing_agreement(student, [batch]) <= 1.0
+
+
+def test_selection_restores_the_best_checkpoint_and_stops_on_patience():
+    scores = [1, 9, 1, 1, 6, 6, 6, 0, 0, 0]
+    model, seen = tiny_model("bert", "ForSequenceClassification"), []
+
+    def evaluate(m):
+        seen.append(m.classifier.weight.detach().clone())
+        return scores[len(seen) - 1]
+
+    cfg = TrainConfig(steps=10, batch_size=8, lr=1e-3, eval_every=1, patience=5)
+    stats = fit(model, EXAMPLES, collate, ce, cfg, evaluate=evaluate)
+    assert stats["best_step"] == 2 and stats["best_score"] == 9 and stats["steps"] == 7  # 5 evaluations after the best
+    assert stats["evaluations"] == [[i + 1, s] for i, s in enumerate(scores[:7])]
+    assert torch.equal(model.classifier.weight, seen[1])  # the best checkpoint's weights are back
