@@ -69,7 +69,7 @@ class NonEmptyPath(_NotEmpty, click.Path):
 
 
 class NonEmptyName(_NotEmpty, click.types.StringParamType):
-    """A folder or a hub name."""
+    """A folder, a hub name or a column name."""
 
 
 def _ints(minimum: int):
@@ -121,7 +121,7 @@ def main():
 @click.option("--calib-data", type=NonEmptyPath(), default=None,
               help="Text to convert on: .txt (a text per line), .jsonl/.csv/.tsv (a column), or a folder of them. "
                    "Default: a general English corpus when `datasets` is online, else fffconvert's small corpus.")
-@click.option("--text-column", default=None, help="Column of .jsonl/.csv/.tsv text (default: text, sentence, ...).")
+@click.option("--text-column", type=NonEmptyName(), default=None, help="Column of .jsonl/.csv/.tsv text (default: text, sentence, ...).")
 @click.option("--calib-tokens", type=click.IntRange(min=1), default=65536, show_default=True,
               help="Calibration tokens per layer for the tree init.")
 @click.option("--steps", type=click.IntRange(min=0), default=200, show_default=True,
@@ -238,11 +238,11 @@ def _convert_and_save(src, config, texts, where, output, overwrite, device, run,
 
 @main.command(name="eval", epilog=EPILOG)
 @click.argument("converted", type=NonEmptyName())
-@click.option("--dense", default=None, help="The dense source (folder or hub name). Default: the one recorded at conversion.")
+@click.option("--dense", type=NonEmptyName(), default=None, help="The dense source (folder or hub name). Default: the one recorded at conversion.")
 @click.option("--data", type=NonEmptyPath(), default=None,
               help="Text to measure on (formats as --calib-data); use text the model was not converted on. "
                    "Default: fffconvert's evaluation corpus.")
-@click.option("--text-column", default=None)
+@click.option("--text-column", type=NonEmptyName(), default=None)
 @click.option("--max-texts", type=click.IntRange(min=2), default=2000, show_default=True)
 @click.option("--stsb", type=NonEmptyPath(), default=None, help="STS-B dev (a GLUE folder or STS-B/dev.tsv): Spearman of both models.")
 @click.option("--json", "json_path", type=NonEmptyPath(), default=None, help="Also write the results as JSON here.")
@@ -299,7 +299,7 @@ def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8,
                    "installed), FFF fp32 and FFF + int8, at 1 x 16, 1 x 128 and 8 x 128 tokens.")
 @click.option("--converted", type=NonEmptyPath(), default=None,
               help="With --peers: a converted folder (and its recorded source, or --dense) instead of a random BERT shape.")
-@click.option("--dense", default=None, help="With --converted: its dense source, if not the recorded one.")
+@click.option("--dense", type=NonEmptyName(), default=None, help="With --converted: its dense source, if not the recorded one.")
 @click.option("--json", "json_path", type=NonEmptyPath(), default=None, help="Write the results here.")
 def bench(json_path, peers, converted, dense, **kw):
     """Time FFF against torch's dense FFN (layer and whole model), side by side in one process."""
