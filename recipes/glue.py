@@ -82,9 +82,10 @@ def headline(task: str, metrics: dict) -> float:
     return metrics[next(k for k in metrics if k.endswith(key))]
 
 
-def teacher_model(source: str, task: str, learn, heldout, collate, args, device, out: Path):
+def teacher_model(source: str, task: str, learn, heldout, collate, args, device, out: Path, observe=None):
     """(teacher, report): MODEL if it is a classifier for the task, else the best finetuning on
-    the held-out split over the rates and epochs of glue_rules.finetune_plan."""
+    the held-out split over the rates and epochs of glue_rules.finetune_plan.
+    observe(model, lr, heldout score), if given, runs at each held-out evaluation (teacher_curves.py)."""
     num_labels = TASKS[task].num_labels
     config = transformers.AutoConfig.from_pretrained(source)
     arch = (config.architectures or [""])[0]
@@ -104,9 +105,15 @@ def teacher_model(source: str, task: str, learn, heldout, collate, args, device,
         cfg = TrainConfig(steps=steps, batch_size=rules.FINETUNE_BATCH, lr=lr, warmup=0.1, seed=args.seed,
                           checkpoint_every=args.checkpoint_every,
                           eval_every=rules.evaluations_per_epoch(len(learn), rules.FINETUNE_BATCH))
+
+        def score_heldout(m, lr=lr):
+            value = headline(task, evaluate(m, task, {"heldout": heldout}, collate, device))
+            if observe is not None:
+                observe(m, lr, value)
+            return value
+
         stats = fit(model, learn, collate, lambda m, b, s: m(**b).loss, cfg, device=device, desc=f"finetuning, lr {lr:g}",
-                    checkpoint_dir=out / "checkpoints" / f"dense-lr{lr:g}", resume=args.resume,
-                    evaluate=lambda m: headline(task, evaluate(m, task, {"heldout": heldout}, collate, device)))
+                    checkpoint_dir=out / "checkpoints" / f"dense-lr{lr:g}", resume=args.resume, evaluate=score_heldout)
         report["tried"].append({"lr": lr, "best_step": stats["best_step"], "heldout": stats["best_score"],
                                 "seconds": stats["seconds"]})
         if best is None or stats["best_score"] > best[1]:
