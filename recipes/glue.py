@@ -231,7 +231,8 @@ def write_reports(results: dict, out: Path):
         lines += ["", f"Teacher finetuning: {sum(r['seconds'] for r in t['tried']):.0f} s "
                       f"({len(t['tried'])} learning rates, {t['steps_per_run']} steps each)."]
     lines += ["", f"All dense metrics: {json.dumps({k: round(v, 2) for k, v in dense.items()})}",
-              f"This command's wall time (a --resume run counts only its own): {results['seconds_total']:.0f} s. Command: `{results['command']}`"]
+              f"This command's wall time (a --resume run counts only its own): {results['seconds_total']:.0f} s. "
+              f"Command: `{results['command']}`"]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     if len(results["fff"]) > 1:
         plot_sweep(results, key, out / "sweep.png")
