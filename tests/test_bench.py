@@ -66,6 +66,8 @@ def test_quantize_int8_keeps_fff_layers_and_is_recorded(tmp_path, tokenizer, tex
         q = quantize(model, "int8")
         out = q(**batch).last_hidden_state
     assert len(fff_layers(q)) == 2 and not any(type(m) is torch.nn.Linear for m in q.modules())
+    qlinears = [m for m in q.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert qlinears and all(m.weight().qscheme() == torch.per_channel_affine for m in qlinears)  # a scale per row
     assert torch.nn.functional.cosine_similarity(out.flatten(1), ref.flatten(1)).min() > 0.99
     with __import__("pytest").raises(UserError, match="float32"):
         fffconvert.save_pretrained(q, tmp_path / "q", tokenizer)
