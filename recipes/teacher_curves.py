@@ -9,6 +9,7 @@ checkpoint that each selection rule would have taken, per curve file and on aver
 here only to judge rules; the recipe itself never reads it.
 """
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -21,10 +22,19 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glue_rules as rules  # noqa: E402
 from glue import evaluate, headline, make_collate, teacher_model  # noqa: E402
-from glue_tasks import TASKS, load_split  # noqa: E402
+from glue_tasks import TASKS, DataError, load_split  # noqa: E402
 
 from fffconvert.cli import NonEmptyName, NonEmptyPath  # noqa: E402
+from fffconvert.errors import UserError  # noqa: E402
 from fffconvert.sources import embedded_model_path  # noqa: E402
+
+
+def refuse(e: Exception):
+    """A user's mistake: one line and exit status 2 (FFFCONVERT_DEBUG=1 shows the traceback)."""
+    if os.environ.get("FFFCONVERT_DEBUG"):
+        raise e
+    click.echo(f"Error: {e}", err=True)
+    sys.exit(2)
 
 
 @click.group()
@@ -42,8 +52,16 @@ def record(task, source, data_dir, output, seed):
     """Held-out and dev score at every evaluation of the recipe's teacher finetuning."""
     source = source or str(embedded_model_path())
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = load_split(task, "dev", data_dir)
-    learn, heldout = rules.split_heldout(load_split(task, "train", data_dir), seed, TASKS[task].num_labels > 1)
+    try:  # every input is read before any work
+        dev = load_split(task, "dev", data_dir)
+        train = load_split(task, "train", data_dir)
+        if len(train) < 4:
+            raise DataError(f"{task} train has {len(train)} rows: too few to hold some out and learn from the rest")
+        if not Path(output).resolve().parent.is_dir():
+            raise UserError(f"--output {output}: its folder does not exist")
+    except (DataError, UserError) as e:
+        refuse(e)
+    learn, heldout = rules.split_heldout(train, seed, TASKS[task].num_labels > 1)
     collate = make_collate(transformers.AutoTokenizer.from_pretrained(source), TASKS[task].num_labels == 1, 128)
     curves = {}
 
@@ -73,18 +91,36 @@ def pick(runs: list[dict], window: int) -> float:
     return max(candidates)[2]
 
 
+def read_curves(path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+        runs = data["runs"]
+        if not runs or not all(run["curve"] and all(len(pair) == 2 for pair in run["curve"]) for run in runs):
+            raise ValueError("a run without [held-out, dev] scores")
+        if {"task", "seed"} - data.keys() or not all(isinstance(run.get("lr"), (int, float)) for run in runs):
+            raise ValueError("its task, seed or a run's lr is missing")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        refuse(UserError(f"{path} is not a file `record` wrote ({e})"))
+    return data
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--windows", default="1,2,3,5", show_default=True, help="Trailing-mean windows to compare (1: the recipe's rule).")
 def compare(files, windows):
     """Dev score of the checkpoint each rule takes, per curve file and on average (markdown)."""
-    windows = [int(w) for w in windows.split(",")]
+    try:
+        windows = [int(w) for w in windows.split(",")]
+        if min(windows) < 1:
+            raise ValueError
+    except ValueError:
+        refuse(UserError(f"--windows must be integers >= 1, comma-separated; got {windows!r}"))
+    curves = [read_curves(path) for path in files]  # all read before anything is printed
     header = ["best held-out (recipe)" if w == 1 else f"best mean of {w}" for w in windows]
     click.echo("| curves | " + " | ".join(header + ["last, best rate", "best dev (oracle)"]) + " |")
     click.echo("|---" * (len(header) + 3) + "|")
     totals = []
-    for path in files:
-        data = json.loads(Path(path).read_text())
+    for data in curves:
         runs = data["runs"]
         best_rate = max(runs, key=lambda r: max(h for h, _ in r["curve"]))
         row = [pick(runs, w) for w in windows]

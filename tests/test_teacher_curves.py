@@ -39,3 +39,21 @@ def test_rules_pick_by_held_out_only():
             {"lr": 2e-5, "curve": [[50, 99], [60, 99]]}]
     assert teacher_curves.pick(runs, 1) == 80 and teacher_curves.pick(runs, 3) == 88
     assert teacher_curves.trailing_mean([1, 2, 3], 2) == [1, 1.5, 2.5]
+
+
+def test_bad_input_is_one_line_and_status_2(tmp_path, minilm_path):
+    (tmp_path / "not-curves.json").write_text('{"runs": [{"lr": 1e-4, "curve": [[1, 2, 3]]}], "task": "x", "seed": 0}')
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "glue").mkdir()
+    cases = [(["compare", str(tmp_path / "not-curves.json")], "is not a file `record` wrote"),
+             (["compare", str(tmp_path / "broken.json")], "is not a file `record` wrote"),
+             (["compare", "--windows", "0", str(tmp_path / "broken.json")], "--windows must be integers >= 1"),
+             (["record", "--task", "sst2", "--model", str(minilm_path), "--data-dir", str(tmp_path / "glue"),
+               "--output", str(tmp_path / "c.json")], "SST-2"),
+             (["record", "--task", "sst2", "--model", str(minilm_path), "--data-dir", str(tmp_path / "tiny"),
+               "--output", str(tmp_path / "nowhere" / "c.json")], "its folder does not exist")]
+    tiny_sst2(tmp_path / "tiny")
+    for args, message in cases:
+        r = CliRunner().invoke(teacher_curves.main, args)
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, (args, r.output)
+    assert not (tmp_path / "c.json").exists()
