@@ -296,10 +296,23 @@ def main(task, source, generals, depth, data_dir, output, device, **kw):
             raise UserError("--general has no use with --teacher-only (the student is made by a later --resume run)")
         run(task, source, list(generals), depths, data_dir, Path(output), device, args)
     except (DataError, UserError) as e:
-        if os.environ.get("FFFCONVERT_DEBUG"):
-            raise
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(2)
+        refuse(e)
+
+
+def refuse(e: Exception):
+    """A user's mistake: one `Error:` line and exit status 2 (FFFCONVERT_DEBUG=1: the traceback)."""
+    if os.environ.get("FFFCONVERT_DEBUG"):
+        raise e
+    click.echo(f"Error: {e}", err=True)
+    sys.exit(2)
+
+
+def read_train(task: str, data_dir, max_rows=None) -> list[tuple]:
+    """The task's training rows (the first max_rows), refused when too few to split."""
+    train = load_split(task, "train", data_dir)[:max_rows]
+    if len(train) < 4:
+        raise DataError(f"{task} train has {len(train)} rows: too few to hold some out and learn from the rest")
+    return train
 
 
 def run(task, source, generals, depths, data_dir, out: Path, device, args):
@@ -309,10 +322,8 @@ def run(task, source, generals, depths, data_dir, out: Path, device, args):
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but torch sees no CUDA GPU")
     source = source or str(embedded_model_path())
-    train = load_split(task, "train", data_dir)[: args.max_train]  # every input is read before any work
+    train = read_train(task, data_dir, args.max_train)  # every input is read before any work
     dev = {split: load_split(task, split, data_dir)[: args.max_dev] for split in TASKS[task].dev}
-    if len(train) < 4:
-        raise DataError(f"{task} train has {len(train)} rows: too few to hold some out and learn from the rest")
     for g in generals:
         check_converted_config(json.loads((Path(g) / "config.json").read_text()), g)
     check_writable(out)

@@ -9,7 +9,6 @@ checkpoint that each selection rule would have taken, per curve file and on aver
 here only to judge rules; the recipe itself never reads it.
 """
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -21,20 +20,12 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glue_rules as rules  # noqa: E402
-from glue import evaluate, headline, make_collate, teacher_model  # noqa: E402
+from glue import evaluate, headline, make_collate, read_train, refuse, teacher_model  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split  # noqa: E402
 
 from fffconvert.cli import NonEmptyName, NonEmptyPath  # noqa: E402
 from fffconvert.errors import UserError  # noqa: E402
 from fffconvert.sources import embedded_model_path  # noqa: E402
-
-
-def refuse(e: Exception):
-    """A user's mistake: one line and exit status 2 (FFFCONVERT_DEBUG=1 shows the traceback)."""
-    if os.environ.get("FFFCONVERT_DEBUG"):
-        raise e
-    click.echo(f"Error: {e}", err=True)
-    sys.exit(2)
 
 
 @click.group()
@@ -54,9 +45,7 @@ def record(task, source, data_dir, output, seed):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:  # every input is read before any work
         dev = load_split(task, "dev", data_dir)
-        train = load_split(task, "train", data_dir)
-        if len(train) < 4:
-            raise DataError(f"{task} train has {len(train)} rows: too few to hold some out and learn from the rest")
+        train = read_train(task, data_dir)
         if not Path(output).resolve().parent.is_dir():
             raise UserError(f"--output {output}: its folder does not exist")
     except (DataError, UserError) as e:
