@@ -50,6 +50,7 @@ def record(task, source, data_dir, output, seed):
             raise UserError(f"--output {output}: its folder does not exist")
     except (DataError, UserError) as e:
         refuse(e)
+    torch.backends.cuda.matmul.allow_tf32 = True  # as the recipe trains
     learn, heldout = rules.split_heldout(train, seed, TASKS[task].num_labels > 1)
     collate = make_collate(transformers.AutoTokenizer.from_pretrained(source), TASKS[task].num_labels == 1, 128)
     curves = {}
