@@ -6,11 +6,11 @@ quantize.py takes): closeness to the float converted model and speed, side by si
 CONVERTED: a converted embedding model (`fffconvert MODEL ...`); STSB_DIR: GLUE's STS-B folder (or
 its parent); SENTENCES.txt: text the model was not converted on, one per line. Prints, for each
 scheme, the cosine of its sentence embeddings to the float model's (mean, 5th percentile) and its
-STS-B Spearman; then the median ms of two 768 x 768 int8 Linear layers at 16 / 128 / 1024 tokens.
+STS-B Spearman; then the median ms of two 768 x 768 int8 Linear layers at 16 / 128 / 1024
+tokens (interleaved rounds: bench.time_calls).
 """
 import copy
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import torch.nn as nn
 import transformers
 
 import fffconvert
+from fffconvert.bench import BenchConfig, time_calls
 from fffconvert.evaluate import embed, stsb_pairs, stsb_spearman
 from fffconvert.sources import sentence_transformers_parts
 
@@ -29,15 +30,6 @@ SCHEMES = {"per tensor": torch.ao.quantization.default_dynamic_qconfig,
 
 def int8(model, scheme):
     return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear: SCHEMES[scheme]}, dtype=torch.qint8)
-
-
-def median_ms(fn, n=40):
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * sorted(times)[n // 2]
 
 
 def main(folder, stsb, sentences):
@@ -59,9 +51,9 @@ def main(folder, stsb, sentences):
     with torch.inference_mode():
         for tokens in (16, 128, 1024):
             x = torch.randn(tokens, 768)
-            rounds = [{s: median_ms(lambda q=q: q(x)) for s, q in quantized.items()} for _ in range(3)]  # interleaved
+            t = time_calls({s: (lambda q=q: q(x)) for s, q in quantized.items()}, BenchConfig(repeats=15))
             print(f"{tokens} tokens, two 768 x 768 int8 Linears, ms: " + ", ".join(
-                f"{s} {sorted(r[s] for r in rounds)[1]:.3f}" for s in SCHEMES))
+                f"{s} {1e3 * t[s][0]:.3f}" for s in SCHEMES))
 
 
 if __name__ == "__main__":

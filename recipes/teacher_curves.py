@@ -69,8 +69,8 @@ def record(task, source, data_dir, output, seed):
 
 
 def trailing_mean(values: list[float], window: int) -> list[float]:
-    return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
-            for i in range(len(values))]
+    spans = (values[max(0, i - window + 1): i + 1] for i in range(len(values)))
+    return [sum(span) / len(span) for span in spans]
 
 
 def pick(runs: list[dict], window: int) -> float:
