@@ -2,7 +2,12 @@
 sentences of four words or more, deduplicated and shuffled (seed 0). STS-B stays out of it: its
 sentences are what the converted model is measured on.
 
-    python examples/make_real_text.py ../shared/glue real.txt
+With a third argument, also a folder of held-out text by kind for `fffconvert eval --data
+FOLDER`, which measures each file on its own: SST-2 and MRPC dev (the conversion text's kinds, new
+sentences) and STS-B dev's sentences by genre (other kinds); none of it is in real.txt (MRPC
+repeats a few sentences across its splits: those are left out).
+
+    python examples/make_real_text.py ../shared/glue real.txt [heldout/]
 """
 import csv
 import random
@@ -25,7 +30,23 @@ def main(glue, out):
     texts = list(dict.fromkeys(texts))
     Path(out).write_text("\n".join(texts) + "\n")
     print(f"{len(texts)} texts -> {out}")
+    return texts
+
+
+def held_out(glue, folder, seen):
+    glue, folder = Path(glue), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    kinds = {"sst2-dev": [r["sentence"] for r in rows(glue / "SST-2" / "dev.tsv")],
+             "mrpc-dev": [s for r in rows(glue / "MRPC" / "dev.tsv") for s in (r["#1 String"], r["#2 String"])]}
+    for r in rows(glue / "STS-B" / "dev.tsv"):
+        kinds.setdefault(f"stsb-dev-{r['genre'].removeprefix('main-')}", []).extend((r["sentence1"], r["sentence2"]))
+    for name, texts in kinds.items():
+        texts = [t for t in dict.fromkeys(t.strip() for t in texts) if t and t not in seen]
+        (folder / f"{name}.txt").write_text("\n".join(texts) + "\n")
+        print(f"{len(texts)} texts -> {folder / name}.txt")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    conversion_text = main(*sys.argv[1:3])
+    if len(sys.argv) > 3:
+        held_out(sys.argv[1], sys.argv[3], set(conversion_text))

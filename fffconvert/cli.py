@@ -243,7 +243,8 @@ def _convert_and_save(src, config, texts, where, output, overwrite, device, run,
               help="Text to measure on (formats as --calib-data); use text the model was not converted on. "
                    "Default: fffconvert's evaluation corpus.")
 @click.option("--text-column", type=NonEmptyName(), default=None)
-@click.option("--max-texts", type=click.IntRange(min=2), default=2000, show_default=True)
+@click.option("--max-texts", type=click.IntRange(min=2), default=2000, show_default=True,
+              help="Texts measured, at most, from each file of --data.")
 @click.option("--stsb", type=NonEmptyPath(), default=None, help="STS-B dev (a GLUE folder or STS-B/dev.tsv): Spearman of both models.")
 @click.option("--json", "json_path", type=NonEmptyPath(), default=None, help="Also write the results as JSON here.")
 @click.option("--int8", is_flag=True, help="Also measure the model with its Linear layers in int8 (CPU): what --quantize costs.")

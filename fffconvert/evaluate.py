@@ -4,7 +4,9 @@ converted on, and how fast both run here.
 Reported: every layer's hidden-state FVU and the cosine of the final token states; for an
 embedding model (sentence-transformers pooling), the mean and 5th-percentile cosine of the text
 embeddings and their top-10 nearest-neighbour agreement; with STS-B, the Spearman correlation of
-both models' embedding cosines with the human scores; the forward time of both models.
+both models' embedding cosines with the human scores; the forward time of both models. Text from
+several files (a folder) is also measured file by file: a model converted on one kind of text can
+stay close on it and drift on another, and this is where a user sees it.
 """
 import csv
 import json
@@ -20,7 +22,7 @@ from .calibrate import tokenize
 from .e2e import text_collate
 from .errors import UserError
 from .measures import Pooling, compare
-from .texts import read_texts
+from .texts import read_text_sources
 
 EVAL_CORPUS = Path(__file__).parent / "data" / "eval.txt"
 
@@ -79,14 +81,24 @@ def forward_ms(dense, fff, batch, rounds: int = 5) -> dict:
     return out
 
 
-def evaluate(fff, dense, tokenizer, texts: list[str], pooling: Pooling | None = None, stsb=None, device="cpu",
-             max_length: int = 128) -> dict:
-    """The report above, as a dict (see `to_markdown`)."""
+def _batches(tokenizer, texts, device, max_length):
     collate = text_collate(tokenizer.pad_token_id or 0)
     ids = tokenize(tokenizer, texts, max_length)
-    batches = [{k: v.to(device) for k, v in collate(ids[i: i + 64]).items()} for i in range(0, len(ids), 64)]
+    return [{k: v.to(device) for k, v in collate(ids[i: i + 64]).items()} for i in range(0, len(ids), 64)]
+
+
+def evaluate(fff, dense, tokenizer, texts: list[str] | dict[str, list[str]], pooling: Pooling | None = None,
+             stsb=None, device="cpu", max_length: int = 128) -> dict:
+    """The report above, as a dict (see `to_markdown`). `texts`: a list, or texts by source
+    (eval_texts), measured together and, when there are several sources, each on its own."""
+    sources = texts if isinstance(texts, dict) else {"texts": texts}
+    everything = [t for ts in sources.values() for t in ts]
+    batches = _batches(tokenizer, everything, device, max_length)
     fff, dense = fff.to(device).eval(), dense.to(device).eval()
-    result = {"texts": len(texts), **compare(fff, dense, batches, pooling)}
+    result = {"texts": len(everything), **compare(fff, dense, batches, pooling)}
+    if len(sources) > 1:
+        result["by_source"] = {name: {"texts": len(ts), **compare(fff, dense, _batches(tokenizer, ts, device, max_length),
+                                                                  pooling)} for name, ts in sources.items()}
     if stsb is not None and pooling is not None:
         result["stsb_spearman"] = {"dense": stsb_spearman(dense, tokenizer, stsb, pooling, device),
                                    "fff": stsb_spearman(fff, tokenizer, stsb, pooling, device)}
@@ -96,6 +108,16 @@ def evaluate(fff, dense, tokenizer, texts: list[str], pooling: Pooling | None = 
     result["device"] = str(device)
     result["threads"] = torch.get_num_threads()
     return result
+
+
+def _by_source_markdown(by_source: dict) -> str:
+    embedding = all("embedding_cosine" in r for r in by_source.values())
+    head = "| text | texts | last-layer FVU | token cosine |" + (" embedding cosine, mean / 5th pct |" if embedding else "")
+    lines = [head, "|---|---:|---:|---:|" + ("---:|" if embedding else "")]
+    for name, r in by_source.items():
+        row = f"| {name} | {r['texts']} | {r['hidden_fvu'][-1]:.4f} | {r['token_cosine']:.4f} |"
+        lines.append(row + (f" {r['embedding_cosine']:.4f} / {r['embedding_cosine_p5']:.4f} |" if embedding else ""))
+    return "By source:\n\n" + "\n".join(lines)
 
 
 def to_markdown(r: dict) -> str:
@@ -114,14 +136,16 @@ def to_markdown(r: dict) -> str:
     lines.append(f"| forward ms, dense / FFF, batch {sp['batch'][0]} x {sp['batch'][1]}, {r['device']}, "
                  f"{r['threads']} threads | {sp['dense']:.1f} / {sp['fff']:.1f} ({sp['speedup']:.2f}x) |")
     text = f"On {r['texts']} texts ({r['tokens']} tokens) not used for conversion:\n\n" + "\n".join(lines)
+    if "by_source" in r:
+        text += "\n\n" + _by_source_markdown(r["by_source"])
     if "int8" in r:
         text += "\n\nWith the remaining Linear layers in int8:\n\n" + to_markdown(r["int8"]).split("\n\n", 1)[1]
     return text
 
 
-def eval_texts(data, column=None, max_texts: int = 2000) -> list[str]:
-    texts = read_texts(data if data else EVAL_CORPUS, column)
-    return texts[:max_texts]
+def eval_texts(data, column=None, max_texts: int = 2000) -> dict[str, list[str]]:
+    """Texts by source file, at most `max_texts` from each."""
+    return {name: texts[:max_texts] for name, texts in read_text_sources(data if data else EVAL_CORPUS, column).items()}
 
 
 def write_json(result: dict, path):

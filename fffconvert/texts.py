@@ -1,6 +1,6 @@
 """The text a conversion learns from: the user's files, a general English corpus, or the shipped one.
 
-`read_texts(path, column)` takes
+`read_texts(path, column)` (or `read_text_sources`, the same by file) takes
   - .txt: one text per line;
   - .jsonl: one JSON object per line, the text in `column`;
   - .csv / .tsv: a header row, the text in `column`;
@@ -23,18 +23,24 @@ GENERAL_CORPUS = ("Salesforce/wikitext", "wikitext-103-raw-v1")
 
 def read_texts(path, column: str | None = None) -> list[str]:
     """Non-empty texts of a file or folder; one clear error for anything unreadable or empty."""
+    return [t for texts in read_text_sources(path, column).values() for t in texts]
+
+
+def read_text_sources(path, column: str | None = None) -> dict[str, list[str]]:
+    """The texts of a file or folder by file (a folder's files by their path inside it), so that
+    a report can say where a model drifts; one clear error for anything unreadable or empty."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
             raise UserError(f"text folder {path} has no {', '.join(SUFFIXES)} files")
-        texts = [t for f in files for t in _read_file(f, column)]
+        sources = {str(f.relative_to(path)): _read_file(f, column) for f in files}
     else:
-        texts = _read_file(path, column)
-    if not texts:
+        sources = {path.name: _read_file(path, column)}
+    if not any(sources.values()):
         raise UserError(f"text {'folder' if path.is_dir() else 'file'} {path} has no text")
-    return texts
+    return {name: texts for name, texts in sources.items() if texts}
 
 
 def _read_file(path: Path, column: str | None) -> list[str]:

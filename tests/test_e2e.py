@@ -126,6 +126,26 @@ def test_eval_reports_its_fields(converted_dir, tmp_path, texts):
     assert {"dense", "fff", "speedup", "batch"} <= result["speed_ms"].keys()
 
 
+def test_eval_reports_each_file_of_a_folder(converted_dir, tmp_path, texts):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("\n".join(texts[-40:]))
+    (folder / "b.txt").write_text("\n".join(" ".join(reversed(t.split())) for t in texts[-80:-40]))
+    run = lambda data, out, *more: CliRunner().invoke(  # noqa: E731
+        main, ["eval", str(converted_dir), "--data", str(data), "--json", str(out), "--device", "cpu", *more])
+    r = run(folder, tmp_path / "all.json", "--max-texts", "30")
+    assert r.exit_code == 0, r.output
+    assert "By source:" in r.output and "| a.txt | 30 |" in r.output and "| b.txt | 30 |" in r.output
+    result = json.loads((tmp_path / "all.json").read_text())
+    assert result["texts"] == 60 and result["by_source"].keys() == {"a.txt", "b.txt"}
+    # each file's row is what that file alone measures
+    assert run(folder / "a.txt", tmp_path / "a.json", "--max-texts", "30").exit_code == 0
+    alone = json.loads((tmp_path / "a.json").read_text())
+    assert "by_source" not in alone and alone["texts"] == 30
+    assert result["by_source"]["a.txt"]["token_cosine"] == pytest.approx(alone["token_cosine"], abs=1e-5)
+    assert result["by_source"]["a.txt"]["hidden_fvu"] == pytest.approx(alone["hidden_fvu"], abs=1e-5)
+
+
 def test_eval_refuses_a_folder_that_is_not_converted(tmp_path, tokenizer):
     dense = tmp_path / "dense"
     tiny_model("bert", "Model").save_pretrained(dense)

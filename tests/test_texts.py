@@ -23,6 +23,13 @@ def test_every_format_and_a_folder(tmp_path):
     assert t.read_texts(tmp_path / "d.tsv") == ["a tsv text"]
     assert t.read_texts(tmp_path) == ["first line", "second line", "from jsonl", "again", "a csv text, with a comma",
                                       "a tsv text"]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "e.txt").write_text("nested\n")
+    (tmp_path / "empty.txt").write_text("\n")
+    sources = t.read_text_sources(tmp_path)  # the same texts, by file (a file without text left out)
+    assert list(sources) == ["a.txt", "b.jsonl", "c.csv", "d.tsv", "sub/e.txt"]
+    assert sources["sub/e.txt"] == ["nested"] and t.read_texts(tmp_path)[-1] == "nested"
+    assert t.read_text_sources(tmp_path / "a.txt") == {"a.txt": ["first line", "second line"]}
 
 
 def test_named_column(tmp_path):
