@@ -51,7 +51,9 @@ def model_card(model, command: str | None = None, source_card: dict | None = Non
     e2e = fff.get("end_to_end")
     if e2e:
         lines += ["## End-to-end distillation", "", f"{e2e['steps']} steps of {e2e['batch_size']} texts. On "
-                  f"{e2e['heldout_texts']} held-out texts, against the dense model:", "", fidelity_table(e2e), ""]
+                  f"{e2e['heldout_texts']} held-out texts of the conversion text, against the dense model "
+                  "(text of other kinds stays less close: measure yours with `fffconvert eval --data`):", "",
+                  fidelity_table(e2e), ""]
     if fff.get("eval"):
         lines += ["## `fffconvert eval`", "", fff["eval"], ""]
     if fff.get("seconds"):
