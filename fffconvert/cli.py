@@ -241,7 +241,7 @@ def _convert_and_save(src, config, texts, where, output, overwrite, device, run,
 @click.option("--dense", type=NonEmptyName(), default=None, help="The dense source (folder or hub name). Default: the one recorded at conversion.")
 @click.option("--data", type=NonEmptyPath(), default=None,
               help="Text to measure on (formats as --calib-data); use text the model was not converted on. "
-                   "Default: fffconvert's evaluation corpus.")
+                   "A folder's files are also measured one by one. Default: fffconvert's evaluation corpus.")
 @click.option("--text-column", type=NonEmptyName(), default=None)
 @click.option("--max-texts", type=click.IntRange(min=2), default=2000, show_default=True,
               help="Texts measured, at most, from each file of --data.")
