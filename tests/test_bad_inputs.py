@@ -68,6 +68,13 @@ def write(path, data):
     return path
 
 
+def text_folder(path, files: dict):
+    path.mkdir()
+    for name, data in files.items():
+        write(path / name, data)
+    return path
+
+
 QUERY = "bert.encoder.layer.0.attention.self.query.weight"
 FC1 = "bert.encoder.layer.0.intermediate.dense.weight"
 
@@ -232,6 +239,14 @@ OTHER_CLI_CASES = [
     ("eval: --json is a folder", lambda b, t: ["eval", b / "converted", "--json", t], "is a folder"),
     ("eval: --json under a file", lambda b, t: ["eval", b / "converted", "--json", write(t / "f", "x") / "r.json"], "is a file"),
     ("eval: data missing", lambda b, t: ["eval", b / "converted", "--data", t / "none.txt"], "no such file"),
+    ("eval: data folder without text files", lambda b, t: ["eval", b / "converted", "--data", text_folder(t / "d", {"a.md": "x"}),
+                                                           "--json", t / "r.json"], "has no .txt"),
+    ("eval: data folder with a binary file", lambda b, t: ["eval", b / "converted", "--data",
+                                                           text_folder(t / "d", {"a.txt": "fine\n", "b.txt": b"\x00\x01"}),
+                                                           "--json", t / "r.json"], "NUL bytes"),
+    ("eval: data folder of empty files", lambda b, t: ["eval", b / "converted", "--data",
+                                                       text_folder(t / "d", {"a.txt": "\n", "b.jsonl": ""}),
+                                                       "--json", t / "r.json"], "has no text"),
     ("eval: source not recorded", lambda b, t: ["eval", b / "converted"], "--dense"),
     ("eval: empty folder name", lambda b, t: ["eval", ""], "'CONVERTED': is empty"),
     ("eval: text column without data", lambda b, t: ["eval", b / "converted", "--text-column", "x"], "give the file too"),
