@@ -21,7 +21,7 @@ from .atomic import check_writable
 from .calibrate import tokenize
 from .e2e import text_collate
 from .errors import UserError
-from .measures import Pooling, compare
+from .measures import Pooling, gap_sums, merge, summarize
 from .texts import read_text_sources
 
 EVAL_CORPUS = Path(__file__).parent / "data" / "eval.txt"
@@ -92,18 +92,17 @@ def evaluate(fff, dense, tokenizer, texts: list[str] | dict[str, list[str]], poo
     """The report above, as a dict (see `to_markdown`). `texts`: a list, or texts by source
     (eval_texts), measured together and, when there are several sources, each on its own."""
     sources = texts if isinstance(texts, dict) else {"texts": texts}
-    everything = [t for ts in sources.values() for t in ts]
-    batches = _batches(tokenizer, everything, device, max_length)
     fff, dense = fff.to(device).eval(), dense.to(device).eval()
-    result = {"texts": len(everything), **compare(fff, dense, batches, pooling)}
+    batches = {name: _batches(tokenizer, ts, device, max_length) for name, ts in sources.items()}
+    sums = {name: gap_sums(fff, dense, b, pooling) for name, b in batches.items()}
+    result = {"texts": sum(len(ts) for ts in sources.values()), **summarize(merge(list(sums.values())))}
     if len(sources) > 1:
-        result["by_source"] = {name: {"texts": len(ts), **compare(fff, dense, _batches(tokenizer, ts, device, max_length),
-                                                                  pooling)} for name, ts in sources.items()}
+        result["by_source"] = {name: {"texts": len(sources[name]), **summarize(part)} for name, part in sums.items()}
     if stsb is not None and pooling is not None:
         result["stsb_spearman"] = {"dense": stsb_spearman(dense, tokenizer, stsb, pooling, device),
                                    "fff": stsb_spearman(fff, tokenizer, stsb, pooling, device)}
         result["stsb_spearman"]["retention"] = result["stsb_spearman"]["fff"] / result["stsb_spearman"]["dense"]
-    longest = max(batches, key=lambda b: b["input_ids"].numel())
+    longest = max((b for part in batches.values() for b in part), key=lambda b: b["input_ids"].numel())
     result["speed_ms"] = forward_ms(dense, fff, longest)
     result["device"] = str(device)
     result["threads"] = torch.get_num_threads()

@@ -83,29 +83,51 @@ def compare(model, reference, batches, pooling: Pooling | None = None) -> dict:
     """How close `model` is to `reference` on `batches` (dicts of input tensors on their device):
     every layer's hidden-state FVU, the mean cosine of the final token states, and with `pooling`
     the mean and 5th-percentile cosine of the embeddings and their top-10 neighbour agreement."""
-    err, total, s1, n, cos, emb = None, None, None, 0, [], ([], [])
+    return summarize(gap_sums(model, reference, batches, pooling))
+
+
+@torch.no_grad()
+def gap_sums(model, reference, batches, pooling: Pooling | None = None) -> dict:
+    """What `summarize` turns into compare's measures, as sums over the texts: those of several
+    sets of texts add up (`merge`), so a whole and its parts come from one pass over each part."""
+    err, sq, s1, n, cos, emb = None, None, None, 0, [], ([], [])
     for batch in batches:
         batch = {k: v for k, v in batch.items() if k != "labels"}
         mask = batch["attention_mask"].bool()
         hs = model(**batch, output_hidden_states=True).hidden_states[1:]
         ht = reference(**batch, output_hidden_states=True).hidden_states[1:]
         if err is None:
-            err, total, s1 = [0.0] * len(ht), [0.0] * len(ht), [0.0] * len(ht)
+            err, sq, s1 = [0.0] * len(ht), [0.0] * len(ht), [0.0] * len(ht)
         for i, (s, t) in enumerate(zip(hs, ht)):
             s, t = s[mask].double(), t[mask].double()
             err[i] += (s - t).pow(2).sum().item()
-            total[i] += t.pow(2).sum().item()
+            sq[i] += t.pow(2).sum().item()
             s1[i] = s1[i] + t.sum(0)
         n += int(mask.sum())
         cos.append(token_cosine(hs[-1], ht[-1], mask).cpu())
         if pooling is not None:
             emb[0].append(pooling(hs[-1], mask).float().cpu())
             emb[1].append(pooling(ht[-1], mask).float().cpu())
-    var = [tot - (m.pow(2).sum().item() / n) for tot, m in zip(total, s1)]  # sum of ||t - mean||^2
-    out = {"hidden_fvu": [e / max(v, 1e-12) for e, v in zip(err, var)],
-           "token_cosine": torch.cat(cos).mean().item(), "tokens": n}
-    if pooling is not None:
-        s, t = torch.cat(emb[0]), torch.cat(emb[1])
+    return {"err": err, "sq": sq, "sum": s1, "tokens": n, "token_cosines": torch.cat(cos),
+            "embeddings": (torch.cat(emb[0]), torch.cat(emb[1])) if pooling is not None else None}
+
+
+def merge(parts: list[dict]) -> dict:
+    """The gap_sums of the union of the parts' texts."""
+    add = lambda key: [sum(values) for values in zip(*(p[key] for p in parts))]  # noqa: E731
+    embeddings = None if parts[0]["embeddings"] is None else tuple(
+        torch.cat([p["embeddings"][k] for p in parts]) for k in (0, 1))
+    return {"err": add("err"), "sq": add("sq"), "sum": add("sum"), "tokens": sum(p["tokens"] for p in parts),
+            "token_cosines": torch.cat([p["token_cosines"] for p in parts]), "embeddings": embeddings}
+
+
+def summarize(sums: dict) -> dict:
+    n = sums["tokens"]
+    var = [tot - (m.pow(2).sum().item() / n) for tot, m in zip(sums["sq"], sums["sum"])]  # sum of ||t - mean||^2
+    out = {"hidden_fvu": [e / max(v, 1e-12) for e, v in zip(sums["err"], var)],
+           "token_cosine": sums["token_cosines"].mean().item(), "tokens": n}
+    if sums["embeddings"] is not None:
+        s, t = sums["embeddings"]
         c = embedding_cosine(s, t)
         out.update({"embedding_cosine": c.mean().item(), "embedding_cosine_p5": c.quantile(0.05).item(),
                     "neighbour_agreement": neighbour_agreement(s, t, 10), "texts": len(s)})
