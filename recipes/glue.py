@@ -33,6 +33,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glue_rules as rules  # noqa: E402
 from augment import augment  # noqa: E402
+from batches import Collate  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split, score  # noqa: E402
 
 import fffconvert  # noqa: E402
@@ -48,16 +49,6 @@ from fffconvert.sources import embedded_model_path, load_dense  # noqa: E402
 from fffconvert.surgery import fff_layers  # noqa: E402
 from fffconvert.texts import default_texts  # noqa: E402
 from fffconvert.train import TrainConfig, fit, init_distributed, rank_and_world  # noqa: E402
-
-
-def make_collate(tokenizer, regression: bool, max_length: int):
-    def collate(rows):
-        texts = list(zip(*rows))
-        enc = tokenizer(*[list(t) for t in texts[:-1]], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
-        enc["labels"] = torch.tensor(texts[-1], dtype=torch.float32 if regression else torch.long)
-        return dict(enc)
-    return collate
 
 
 @torch.no_grad()
@@ -170,6 +161,7 @@ def distill_on_task(student, teacher, name, task, learn, heldout, dev, collate, 
     t0 = time.perf_counter()
     copies = rules.augment_copies(len(learn))
     transfer = learn + augment(learn, copies, seed=args.seed)
+    collate.encode(transfer)
     cfg = E2EConfig(steps=args.max_distill_steps, batch_size=rules.DISTILL_BATCH, lr=1e-4, fff_lr=5e-4, soft_frac=0.0,
                     checkpoint_every=args.checkpoint_every)
     stats = distill_model(student, teacher, transfer, collate, cfg, device=device, seed=args.seed,
@@ -334,7 +326,8 @@ def run(task, source, generals, depths, data_dir, out: Path, device, args):
     regression = TASKS[task].num_labels == 1
     learn, heldout = rules.split_heldout(train, args.seed, classification=not regression)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    collate = make_collate(tokenizer, regression, args.max_length)
+    collate = Collate(tokenizer, regression, args.max_length)
+    collate.encode(learn + heldout + [r for rows in dev.values() for r in rows])
     teacher, teacher_report = teacher_model(source, task, learn, heldout, collate, args, device, out)
     results = {"task": task, "model": source, "world_size": world, "command": " ".join(["python", *sys.argv]),
                "machine": torch.cuda.get_device_name() if "cuda" in device else f"CPU, {torch.get_num_threads()} threads",

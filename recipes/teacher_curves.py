@@ -20,7 +20,8 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glue_rules as rules  # noqa: E402
-from glue import evaluate, headline, make_collate, read_train, refuse, teacher_model  # noqa: E402
+from batches import Collate  # noqa: E402
+from glue import evaluate, headline, read_train, refuse, teacher_model  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split  # noqa: E402
 
 from fffconvert.cli import NonEmptyName, NonEmptyPath  # noqa: E402
@@ -52,7 +53,7 @@ def record(task, source, data_dir, output, seed):
         refuse(e)
     torch.backends.cuda.matmul.allow_tf32 = True  # as the recipe trains
     learn, heldout = rules.split_heldout(train, seed, TASKS[task].num_labels > 1)
-    collate = make_collate(transformers.AutoTokenizer.from_pretrained(source), TASKS[task].num_labels == 1, 128)
+    collate = Collate(transformers.AutoTokenizer.from_pretrained(source), TASKS[task].num_labels == 1, 128)
     curves = {}
 
     def observe(model, lr, heldout_score):

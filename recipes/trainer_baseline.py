@@ -19,7 +19,8 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glue_rules as rules  # noqa: E402
-from glue import evaluate, headline, make_collate  # noqa: E402
+from batches import Collate  # noqa: E402
+from glue import evaluate, headline  # noqa: E402
 from glue_tasks import TASKS, load_split  # noqa: E402
 
 from fffconvert.cli import NonEmptyName, NonEmptyPath  # noqa: E402
@@ -41,7 +42,7 @@ def main(task, source, data_dir, output, lr, seed):
     dev = {split: load_split(task, split, data_dir) for split in TASKS[task].dev}
     regression = TASKS[task].num_labels == 1
     tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    collate = make_collate(tokenizer, regression, 128)
+    collate = Collate(tokenizer, regression, 128)
     transformers.set_seed(seed)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(source, num_labels=TASKS[task].num_labels,
                                                                        dtype=torch.float32)

@@ -104,6 +104,34 @@ def test_rules_follow_the_size_of_the_training_data():
     assert chance_score("sst2", held, "accuracy") == 75.0 and chance_score("cola", held, "matthews") == 0.0
 
 
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_batches_equal_tokenizing_each_batch(tokenizer, texts, pairs, side):
+    import copy
+
+    import torch
+    from batches import Collate
+
+    tok = copy.deepcopy(tokenizer)
+    tok.padding_side = side
+    long = " ".join(texts[:40])  # over max_length: truncated (for pairs, the longest first)
+    firsts = texts[:37] + [long, "", texts[3]]
+    rows = [((a, texts[-1 - i]) if pairs else (a,)) + (i % 3,) for i, a in enumerate(firsts)]
+    rows.append(rows[5])  # a repeated row is encoded once
+    collate = Collate(tok, regression=False, max_length=24)
+    collate.encode(rows[:20])
+    for batch in (rows[:1], rows[:7], rows[30:], rows[::3]):
+        want = tok(*[list(c) for c in zip(*[r[:-1] for r in batch])], padding=True, truncation=True, max_length=24,
+                   return_tensors="pt")
+        got = collate(batch)
+        assert set(got) == set(want) | {"labels"}
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+        assert got["labels"].tolist() == [r[-1] for r in batch] and got["labels"].dtype == torch.long
+    assert len(collate.cache) == len({r[:-1] for r in rows[:20] + rows[:7] + rows[30:] + rows[::3]})
+    assert Collate(tok, regression=True, max_length=24)(rows[:2])["labels"].dtype == torch.float32
+
+
 @pytest.fixture(scope="module")
 def general_dir(tmp_path_factory, minilm_path, tokenizer, texts):
     """A general FFF model of the embedded MiniLM, made small (depth 2, a few steps)."""
