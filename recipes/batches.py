@@ -13,7 +13,13 @@ import torch
 CHUNK = 4096  # rows per batched tokenizer call
 
 
+def texts_of(row) -> tuple:
+    return tuple(row[:-1])
+
+
 class Collate:
+    """collate(rows) -> the batch's padded inputs and labels; rows may be tuples or lists."""
+
     def __init__(self, tokenizer, regression: bool, max_length: int):
         self.tokenizer, self.regression, self.max_length = tokenizer, regression, max_length
         self.pad = {"input_ids": tokenizer.pad_token_id, "token_type_ids": tokenizer.pad_token_type_id}
@@ -22,7 +28,7 @@ class Collate:
 
     def encode(self, rows):
         """Tokenize the rows whose texts are not cached yet (call it on a whole split up front)."""
-        new = list(dict.fromkeys(r[:-1] for r in rows if r[:-1] not in self.cache))
+        new = list(dict.fromkeys(t for t in map(texts_of, rows) if t not in self.cache))
         for i in range(0, len(new), CHUNK):
             chunk = new[i: i + CHUNK]
             enc = self.tokenizer(*[list(col) for col in zip(*chunk)], truncation=True, max_length=self.max_length)
@@ -32,7 +38,7 @@ class Collate:
 
     def __call__(self, rows):
         self.encode(rows)
-        feats = [self.cache[r[:-1]] for r in rows]
+        feats = [self.cache[texts_of(r)] for r in rows]
         lengths = [len(f["input_ids"]) for f in feats]
         width = max(lengths)
         batch = {}

@@ -129,6 +129,7 @@ def test_batches_equal_tokenizing_each_batch(tokenizer, texts, pairs, side):
             assert torch.equal(got[k], want[k]), k
         assert got["labels"].tolist() == [r[-1] for r in batch] and got["labels"].dtype == torch.long
     assert len(collate.cache) == len({r[:-1] for r in rows[:20] + rows[:7] + rows[30:] + rows[::3]})
+    assert torch.equal(collate([list(r) for r in rows[:3]])["input_ids"], collate(rows[:3])["input_ids"])
     assert Collate(tok, regression=True, max_length=24)(rows[:2])["labels"].dtype == torch.float32
 
 
