@@ -1,6 +1,7 @@
 """The training loop: a resumed run equals an uninterrupted one; end-to-end distillation ends hard."""
 import json
 
+import pytest
 import torch
 
 from fffconvert.e2e import E2EConfig, distill_model, routing_agreement, soft_routing
@@ -19,16 +20,20 @@ def ce(model, batch, step):
     return model(**batch).loss
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, device):
     cfg = TrainConfig(steps=6, batch_size=8, lr=1e-3, checkpoint_every=1)
-    a = tiny_model("bert", "ForSequenceClassification")
+    a = tiny_model("bert", "ForSequenceClassification").to(device)
     a.config.hidden_dropout_prob = 0.1
-    fit(a, EXAMPLES, collate, ce, cfg)
-    b = tiny_model("bert", "ForSequenceClassification")
-    stats = fit(b, EXAMPLES, collate, ce, cfg, checkpoint_dir=tmp_path / "ck", stop_after=4)  # "killed" at step 4
+    fit(a, EXAMPLES, collate, ce, cfg, device=device)
+    b = tiny_model("bert", "ForSequenceClassification").to(device)
+    stats = fit(b, EXAMPLES, collate, ce, cfg, device=device, checkpoint_dir=tmp_path / "ck", stop_after=4)  # "killed" at step 4
     assert stats["steps"] == 4
-    c = tiny_model("bert", "ForSequenceClassification", seed=123)  # a fresh process: other weights
-    stats = fit(c, EXAMPLES, collate, ce, cfg, checkpoint_dir=tmp_path / "ck", resume=True)
+    c = tiny_model("bert", "ForSequenceClassification", seed=123).to(device)  # a fresh process: other weights
+    stats = fit(c, EXAMPLES, collate, ce, cfg, device=device, checkpoint_dir=tmp_path / "ck", resume=True)
     assert stats["steps"] == 2 and len(stats["losses"]) == 6
     sa, sc = a.state_dict(), c.state_dict()
     assert all(torch.allclose(sa[k], sc[k], atol=1e-6) for k in sa)
