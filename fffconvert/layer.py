@@ -90,9 +90,14 @@ class FFF(nn.Module):
                 f"activation={self.activation!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.soft_forward(x) if self.soft else self.hard_forward(x)
-        return kernels.hard_forward(self, x)
+        if not self.training:
+            return kernels.hard_forward(self, x)
+        if self.soft:
+            return self.soft_forward(x)
+        # Training on a GPU, every leaf's matmuls masked to each token's own leaf beat gathering each
+        # token's rows and scatter-adding their gradients (a MiniLM depth-8 distillation step on an
+        # H200: 44-46 against 56-60 ms), and sum deterministically. Inference keeps the gather.
+        return self.masked_forward(x) if x.is_cuda else self.hard_forward(x)
 
     # ---- routing -------------------------------------------------------------------------
     def route(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,14 +131,20 @@ class FFF(nn.Module):
     def hard_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pure-PyTorch reference of the inference forward: one leaf per token. Differentiable in
         the leaves (the routing decisions themselves have no gradient)."""
+        if self.n_leaves <= 32:  # few, wide leaves: a one-hot mixture is cheaper than gathering N x L x H
+            return self.masked_forward(x)
         shape, x = x.shape, self._flat(x)
         leaf = self.route(x)
-        if self.n_leaves <= 32:  # few, wide leaves: a one-hot mixture is cheaper than gathering N x L x H
-            return self._mixture(x, F.one_hot(leaf, self.n_leaves).to(x.dtype)).reshape(shape)
         act = ACTIVATIONS[self.activation]
         h = act(torch.einsum("nh,nlh->nl", x, self.weight[leaf]) + self.bias[leaf])  # (N, L)
         y = torch.einsum("nl,nlh->nh", h, self.w2[leaf]) + self.leaf_bias[leaf] + self.out_bias
         return y.reshape(shape)
+
+    def masked_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The hard forward computed over every leaf, each token's output masked to its own leaf:
+        dense matmuls, the same values and gradients as `hard_forward`."""
+        shape, x = x.shape, self._flat(x)
+        return self._mixture(x, F.one_hot(self.route(x), self.n_leaves).to(x.dtype)).reshape(shape)
 
     def soft_forward(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """Training forward: every leaf, weighted by its soft routing probability. Dense matmuls.

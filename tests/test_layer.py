@@ -47,6 +47,26 @@ def test_hard_forward_keeps_leading_shape():
         torch.testing.assert_close(layer.hard_forward(x), layer.hard_forward(x.reshape(10, 16)).reshape(2, 5, 16))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+@pytest.mark.parametrize("H,D,L,N", [(16, 6, 3, 37), (24, 7, 1, 101), (8, 2, 5, 9)])
+def test_masked_forward_equals_hard_forward_with_gradients(device, H, D, L, N):
+    """The training forward on a GPU (masked) against the gathering one: outputs and every gradient."""
+    layer = random_layer(H, D, L, seed=H + D).to(device)
+    x = torch.randn(N, H, device=device, requires_grad=True)
+    grads = []
+    for forward in (layer.masked_forward, layer.hard_forward):
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        y = forward(x)
+        (y * torch.linspace(-1, 1, H, device=device)).sum().backward()
+        grads.append((y.detach(), x.grad.clone(), *[p.grad.clone() for p in (layer.weight, layer.bias, layer.w2, layer.leaf_bias)]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    layer.train()
+    torch.testing.assert_close(layer(x), grads[1][0], rtol=1e-5, atol=1e-5)  # the training forward on this device
+
+
 def test_soft_forward_tends_to_hard_forward():
     layer = random_layer(16, 5, 2)
     x = torch.randn(200, 16)
