@@ -75,7 +75,7 @@ def headline(task: str, metrics: dict) -> float:
 
 def teacher_model(source: str, task: str, learn, heldout, collate, args, device, out: Path, observe=None):
     """(teacher, report): MODEL if it is a classifier for the task, else the best finetuning on
-    the held-out split over the rates and epochs of glue_rules.finetune_plan.
+    the held-out split over the rates, epochs and batch of glue_rules.finetune_plan.
     observe(model, lr, heldout score), if given, runs at each held-out evaluation (teacher_curves.py)."""
     num_labels = TASKS[task].num_labels
     config = transformers.AutoConfig.from_pretrained(source)
@@ -86,16 +86,15 @@ def teacher_model(source: str, task: str, learn, heldout, collate, args, device,
     if args.resume and (saved / "report.json").exists():
         model = transformers.AutoModelForSequenceClassification.from_pretrained(saved, dtype=torch.float32).to(device)
         return model, json.loads((saved / "report.json").read_text())
-    rates, epochs = rules.finetune_plan(len(learn))
-    steps = epochs * max(1, len(learn) // rules.FINETUNE_BATCH)
+    rates, epochs, batch = rules.finetune_plan(len(learn))
+    steps = epochs * max(1, len(learn) // batch)
     best, report = None, {"tried": []}
     for lr in rates:
         transformers.set_seed(args.seed)  # the head's initialization, then every step: a function of the seed
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=num_labels, dtype=torch.float32).to(device)
-        cfg = TrainConfig(steps=steps, batch_size=rules.FINETUNE_BATCH, lr=lr, warmup=0.1, seed=args.seed,
-                          checkpoint_every=args.checkpoint_every,
-                          eval_every=rules.evaluations_per_epoch(len(learn), rules.FINETUNE_BATCH))
+        cfg = TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup=0.1, seed=args.seed,
+                          checkpoint_every=args.checkpoint_every, eval_every=rules.evaluations_per_epoch(len(learn), batch))
 
         def score_heldout(m, lr=lr):
             value = headline(task, evaluate(m, task, {"heldout": heldout}, collate, device))
@@ -114,7 +113,7 @@ def teacher_model(source: str, task: str, learn, heldout, collate, args, device,
     model, score_, lr, step = best
     metric = TASKS[task].metrics[0]
     chance = rules.chance_score(task, heldout, metric)
-    report.update({"lr": lr, "step": step, "steps_per_run": steps, "heldout": score_, "chance": chance,
+    report.update({"lr": lr, "step": step, "steps_per_run": steps, "batch": batch, "heldout": score_, "chance": chance,
                    "near_chance": score_ <= chance + rules.NEAR_CHANCE_POINTS})
     if rank_and_world()[0] == 0:
         model.save_pretrained(saved)

@@ -3,7 +3,7 @@
     python recipes/trainer_baseline.py --task mrpc --data-dir GLUE --output out/baseline/mrpc
 
 What a practitioner runs without a recipe: all of train, the run_glue example's settings (learning
-rate 2e-5, batch 32, linear decay, 10% warm-up, weight decay 0.01), the recipe's epochs for the
+rate 2e-5, linear decay, 10% warm-up, weight decay 0.01), the recipe's epochs and batch for the
 task's size (glue_rules.finetune_plan: the same budget), the last checkpoint scored on dev.
 Writes baseline.json under --output.
 """
@@ -46,16 +46,16 @@ def main(task, source, data_dir, output, lr, seed):
     transformers.set_seed(seed)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(source, num_labels=TASKS[task].num_labels,
                                                                        dtype=torch.float32)
-    _, epochs = rules.finetune_plan(len(train))
-    steps = epochs * math.ceil(len(train) / rules.FINETUNE_BATCH)
+    _, epochs, batch = rules.finetune_plan(len(train))
+    steps = epochs * math.ceil(len(train) / batch)
     args = transformers.TrainingArguments(
-        output_dir=str(Path(output) / "trainer"), learning_rate=lr, per_device_train_batch_size=rules.FINETUNE_BATCH,
+        output_dir=str(Path(output) / "trainer"), learning_rate=lr, per_device_train_batch_size=batch,
         num_train_epochs=epochs, warmup_steps=int(0.1 * steps), weight_decay=0.01, seed=seed, save_strategy="no", report_to=[],
         logging_steps=200, tf32=device == "cuda", remove_unused_columns=False, disable_tqdm=True)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=train, data_collator=collate)
     trainer.train()
     metrics = evaluate(trainer.model.to(device), task, dev, collate, device)
-    result = {"task": task, "model": source, "lr": lr, "epochs": epochs, "batch": rules.FINETUNE_BATCH,
+    result = {"task": task, "model": source, "lr": lr, "epochs": epochs, "batch": batch,
               "train": len(train), "dev": metrics, "headline": headline(task, metrics),
               "seconds": time.perf_counter() - t0, "command": " ".join(["python", *sys.argv])}
     Path(output).mkdir(parents=True, exist_ok=True)

@@ -97,8 +97,8 @@ def test_heldout_split_is_seeded_stratified_and_disjoint():
 def test_rules_follow_the_size_of_the_training_data():
     from glue_rules import augment_copies, chance_score, finetune_plan
 
-    assert finetune_plan(2500) == ([2e-5, 5e-5, 1e-4], 10) and finetune_plan(60000) == ([5e-5], 5)
-    assert finetune_plan(300000) == ([5e-5], 3)
+    assert finetune_plan(2500) == ([2e-5, 5e-5, 1e-4], 10, 32) and finetune_plan(19999)[2] == 32
+    assert finetune_plan(60000) == ([1e-4], 5, 128) and finetune_plan(390000) == ([1e-4], 3, 128)
     assert augment_copies(3000) == 8 and augment_copies(30000) == 3 and augment_copies(200000) == 0
     held = [("a", 1), ("b", 1), ("c", 0), ("d", 1)]
     assert chance_score("sst2", held, "accuracy") == 75.0 and chance_score("cola", held, "matthews") == 0.0
