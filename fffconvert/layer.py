@@ -96,8 +96,11 @@ class FFF(nn.Module):
             return self.soft_forward(x)
         # Training on a GPU, every leaf's matmuls masked to each token's own leaf beat gathering each
         # token's rows and scatter-adding their gradients (a MiniLM depth-8 distillation step on an
-        # H200: 44-46 against 56-60 ms), and sum deterministically. Inference keeps the gather.
-        return self.masked_forward(x) if x.is_cuda else self.hard_forward(x)
+        # H200: 44-46 against 56-60 ms), and sum deterministically; while the leaves hold no more
+        # neurons than about twice a dense FFN (8 H), whose activations they then cost.
+        if x.is_cuda and self.n_leaves * self.leaf_width <= 8 * self.hidden_size:
+            return self.masked_forward(x)
+        return self.hard_forward(x)
 
     # ---- routing -------------------------------------------------------------------------
     def route(self, x: torch.Tensor) -> torch.Tensor:
