@@ -47,10 +47,11 @@ def main(model, device, depth, leaf_width):
 
     forms = {"soft": lambda layer: layer.soft_forward, "hard, gather": lambda layer: layer.hard_forward,
              "hard, masked": lambda layer: layer.masked_forward}
+    for layer in fff_layers(student):
+        layer.temperature = 0.1  # the soft form's, mid-schedule
     for _ in range(2):
         for name, form in forms.items():
             for layer in fff_layers(student):
-                layer.temperature = 0.1
                 layer.forward = form(layer)  # this instance only: the form under test
             for _ in range(5 if "cuda" in device else 1):
                 step()
