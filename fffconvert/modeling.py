@@ -88,7 +88,20 @@ def as_fff_model(model):
     cls = fff_class_of(model)
     model.__class__ = cls
     model.config.__class__ = cls.config_class
+    _register_outputs(model)
     return model
+
+
+def _register_outputs(model):
+    # transformers (5.2x) finds which outputs a model can return on request (hidden states,
+    # attentions) in a registry keyed by the model's class name, filled when a model is built; a
+    # class swapped in place must be entered as its __init__ would have, or output_hidden_states=True
+    # silently returns None.
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # older transformers read the class attribute directly
+        return
+    _CAN_RECORD_REGISTRY[model] = model._can_record_outputs
 
 
 def is_converted_config(config) -> bool:

@@ -35,6 +35,21 @@ def test_round_trip_gives_the_same_outputs(model_type, tokenizer, texts, tmp_pat
         assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
 
 
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_converted_model_returns_hidden_states_before_and_after_saving(model_type, tokenizer, texts, tmp_path):
+    # the model convert() returns has its class changed in place; transformers must still return
+    # what it is asked for (it once gave None for hidden states until the model was saved and loaded)
+    model = convert_tiny(model_type, "Model", tokenizer, texts).eval()  # a head's inner model keeps its class
+    batch = tokenizer(texts[100:103], padding=True, return_tensors="pt")
+    with torch.no_grad():  # before any model of the class is loaded (loading one hid the fault)
+        ours = model(**batch, output_hidden_states=True).hidden_states
+        fffconvert.save_pretrained(model, tmp_path / "m", tokenizer)
+        theirs = fffconvert.from_pretrained(tmp_path / "m")(**batch, output_hidden_states=True).hidden_states
+    assert ours is not None and len(ours) == model.config.num_hidden_layers + 1
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_config_records_the_conversion(tokenizer, texts, tmp_path):
     model = convert_tiny("bert", "Model", tokenizer, texts)
     fffconvert.save_pretrained(model, tmp_path / "m", tokenizer, command="fffconvert x --depth 2")
