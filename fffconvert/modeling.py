@@ -93,15 +93,16 @@ def as_fff_model(model):
 
 
 def _register_outputs(model):
-    # transformers (5.2x) finds which outputs a model can return on request (hidden states,
-    # attentions) in a registry keyed by the model's class name, filled when a model is built; a
-    # class swapped in place must be entered as its __init__ would have, or output_hidden_states=True
-    # silently returns None.
+    # transformers 5 finds which outputs a model can return on request (hidden states, attentions)
+    # in a registry keyed by the name of the model's class, filled when a model is built; a class
+    # swapped in place must be entered as its __init__ would have, or output_hidden_states=True
+    # silently returns None. The key is str(class) in every version that has the registry (5.24
+    # wraps the dict to take the model itself, hence the plain dict's own __setitem__).
     try:
         from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
-    except ImportError:  # older transformers read the class attribute directly
+    except ImportError:  # versions without it read the class attribute directly
         return
-    _CAN_RECORD_REGISTRY[model] = model._can_record_outputs
+    dict.__setitem__(_CAN_RECORD_REGISTRY, str(model.__class__), model._can_record_outputs)
 
 
 def is_converted_config(config) -> bool:
