@@ -129,6 +129,9 @@ def main():
 @click.option("--e2e-steps", type=click.IntRange(min=0), default=None,
               help="End-to-end distillation steps against the dense model (0: off). Default: see README.")
 @click.option("--e2e-batch-size", type=click.IntRange(min=1), default=None, help="Texts per end-to-end step.")
+@click.option("--e2e-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="End-to-end learning rate of everything but the FFF layers (default 1e-3; lower it if the "
+                   "report says the model moved away from its source).")
 @click.option("--e2e-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
               help="A time budget instead of --e2e-steps: as many steps as fit, timed on this machine.")
 @click.option("--e2e-augment", type=click.FloatRange(0, 0.5), default=None,
@@ -142,7 +145,7 @@ def main():
 @DEVICE
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a pickle-only (.bin) checkpoint. Only for files you trust.")
 def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column, calib_tokens, steps, e2e_steps,
-            e2e_batch_size, e2e_minutes, e2e_augment, quantize, output, overwrite, resume, seed, device, allow_pickle):
+            e2e_batch_size, e2e_lr, e2e_minutes, e2e_augment, quantize, output, overwrite, resume, seed, device, allow_pickle):
     """Convert MODEL (a local folder or a hub name; default: the embedded all-MiniLM-L6-v2)."""
     import shutil
 
@@ -160,8 +163,8 @@ def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column
                            "--e2e-steps and --e2e-minutes both set the end-to-end length: give one")):
         if mistaken:
             raise UserError(why)
-    e2e = {k: v for k, v in (("steps", e2e_steps), ("batch_size", e2e_batch_size), ("minutes", e2e_minutes),
-                             ("augment", e2e_augment)) if v is not None}
+    e2e = {k: v for k, v in (("steps", e2e_steps), ("batch_size", e2e_batch_size), ("lr", e2e_lr),
+                             ("minutes", e2e_minutes), ("augment", e2e_augment)) if v is not None}
     config = FFFConfig(depth=depth, leaf_width=leaf_width, neurons_per_token=neurons_per_token, calib_tokens=calib_tokens,
                        seed=seed, distill=DistillConfig(steps=steps), e2e=E2EConfig(**e2e))
     source = model or str(embedded_model_path())

@@ -12,9 +12,11 @@ import hashlib
 import json
 import random
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from statistics import mean
 
 import torch
 from tqdm.auto import tqdm
@@ -235,8 +237,13 @@ def end_to_end(model, teacher, config: FFFConfig, ids, heldout, tokenizer, devic
         stats = distill_model(model, teacher, ids, collate, e2e, device=device, pooling=pooling, seed=config.seed,
                               checkpoint_dir=run / "e2e" if run else None, resume=resume, progress=progress)
     model.eval()
-    return {"steps": e2e.steps, "batch_size": e2e.batch_size, "heldout_texts": len(heldout), "layerwise_only": before,
-            "after": compare(model, teacher, check, pooling) if check else {}, "examples_per_s": stats["examples_per_s"]}
+    after = compare(model, teacher, check, pooling) if check else {}
+    if before and mean(after["hidden_fvu"]) > mean(before["hidden_fvu"]):  # diverged, or far too few steps
+        warnings.warn(f"end-to-end distillation left the model further from its source on held-out text (mean "
+                      f"hidden-state FVU {mean(before['hidden_fvu']):.3f} -> {mean(after['hidden_fvu']):.3f}); "
+                      "try a lower --e2e-lr or more --e2e-steps", stacklevel=2)
+    return {"steps": e2e.steps, "batch_size": e2e.batch_size, "lr": e2e.lr, "heldout_texts": len(heldout),
+            "layerwise_only": before, "after": after, "examples_per_s": stats["examples_per_s"]}
 
 
 def _chunks(items, size):

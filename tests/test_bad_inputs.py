@@ -108,6 +108,7 @@ CLI_CASES = [
     ("budget and leaf width", lambda b, t: [b / "dense", "--neurons-per-token", "8", "--leaf-width", "2"], "not both"),
     ("budget below depth", lambda b, t: [b / "dense", "--neurons-per-token", "2"], "leaves no neurons"),
     ("negative e2e steps", lambda b, t: [b / "dense", "--e2e-steps", "-1"], "'--e2e-steps'"),
+    ("zero e2e learning rate", lambda b, t: [b / "dense", "--e2e-lr", "0"], "'--e2e-lr'"),
     ("zero calibration tokens", lambda b, t: [b / "dense", "--calib-tokens", "0"], "'--calib-tokens'"),
     ("augment out of range", lambda b, t: [b / "dense", "--e2e-augment", "0.9"], "'--e2e-augment'"),
     ("text file missing", lambda b, t: [b / "dense", "--calib-data", t / "nope.txt"], "no such file"),

@@ -1,6 +1,7 @@
 """End-to-end distillation inside `convert`, resuming a killed conversion, per-layer shapes and
 budgets, and `fffconvert eval` (tiny models on the CPU)."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -40,6 +41,15 @@ def test_end_to_end_lowers_the_heldout_error(tokenizer, texts):
     assert after["hidden_fvu"][-1] < 0.7 * before["hidden_fvu"][-1], (before, after)
     assert after["embedding_cosine"] > before["embedding_cosine"]
     assert type(model).__name__ == "FFFBertModel" and not model.training
+
+
+def test_a_run_that_moves_away_from_the_source_says_so(tokenizer, texts):
+    cfg = config(steps=10)
+    cfg.e2e = replace(cfg.e2e, lr=0.3, fff_lr=0.3)  # far too high: the model leaves its source
+    with pytest.warns(UserWarning, match="further from its source"):
+        model = fffconvert.convert(hard_tiny_bert(), cfg, texts[:600], tokenizer, progress=False)
+    e2e = model.config.fff["end_to_end"]
+    assert sum(e2e["after"]["hidden_fvu"]) > sum(e2e["layerwise_only"]["hidden_fvu"]) and e2e["lr"] == 0.3
 
 
 def test_resumed_conversion_equals_uninterrupted(tokenizer, texts, tmp_path, monkeypatch):
