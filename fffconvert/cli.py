@@ -8,6 +8,7 @@ traceback. Heavy imports happen inside the commands, so `--help` is instant.
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -28,6 +29,17 @@ def _fail(message: str):
     sys.exit(2)
 
 
+_PACKAGE = str(Path(__file__).parent)
+_format_warning = warnings.formatwarning
+
+
+def _warning_line(message, category, filename, lineno, line=None):
+    """fffconvert's own warnings are advice to the user: one `Warning:` line, as its errors are."""
+    if str(filename).startswith(_PACKAGE):
+        return f"Warning: {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
+
+
 class CLI(click.Group):
     """`fffconvert MODEL ...` means `fffconvert convert MODEL ...`; every usage error is one line."""
 
@@ -39,6 +51,7 @@ class CLI(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         from .errors import UserError
 
+        warnings.formatwarning = _warning_line
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except (click.UsageError, click.BadParameter) as e:

@@ -100,3 +100,16 @@ def test_user_errors_are_one_line_exit_2_and_write_nothing(case, tiny_bert_dir, 
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], r.output
     assert "Traceback" not in r.output
     assert set(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_own_warnings_print_as_one_line(monkeypatch):
+    import warnings
+
+    from fffconvert import cli
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    CliRunner().invoke(main, ["--help"])
+    assert warnings.formatwarning is cli._warning_line
+    assert warnings.formatwarning("try a lower --e2e-lr", UserWarning, cli.__file__, 1) == \
+        "Warning: try a lower --e2e-lr\n"
+    assert "UserWarning: other" in warnings.formatwarning("other", UserWarning, "/elsewhere/module.py", 3)
