@@ -34,11 +34,11 @@ t0 = time.time()
 lw = convert(src.model, FFFConfig(depth=depth, e2e=E2EConfig(steps=0)), texts, src.tokenizer, device=device,
              pooling=src.pooling, progress=False)
 print("layer-wise", round(time.time() - t0, 1), "s", flush=True)
+heldout, train = split_texts(texts, FFFConfig.seed)  # as convert split them (its defaults: seed, max_length)
+ids = tokenize(src.tokenizer, train, FFFConfig.max_length)
 for name, spec in variants.items():
     t0 = time.time()
     cfg = FFFConfig(depth=depth, e2e=E2EConfig(**spec.get("e2e", {})))
-    heldout, train = split_texts(texts, cfg.seed)
-    ids = tokenize(src.tokenizer, train, cfg.max_length)
     m = copy.deepcopy(lw)
     fff_ids = {id(p) for layer in fff_layers(m) for p in layer.parameters()}
     for pname, p in m.named_parameters():
