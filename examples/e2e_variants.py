@@ -3,7 +3,7 @@
     python examples/e2e_variants.py HERE OUT DEVICE '{"NAME": {"train": "all|fff|fff+ln", "e2e": {E2EConfig fields}}, ...}' [MAX_TEXTS] [DEPTH]
 
 HERE holds minilm/ (the dense model), real.txt (the conversion text), and for the evaluations
-stsb_sents.txt, glue/ and heldout/ (examples/make_real_text.py writes the last two). The layer-wise
+stsb_sents.txt, glue/ and heldout/ (examples/make_real_text.py writes all but glue/). The layer-wise
 depth-DEPTH model is made once; each variant distills a copy of it end to end, training everything
 ("all", as convert does), only the FFF layers ("fff") or the FFF layers and the LayerNorms
 ("fff+ln"), then is saved to OUT/NAME and measured with `fffconvert eval` on STS-B's sentences and,

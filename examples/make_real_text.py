@@ -7,7 +7,11 @@ FOLDER`, which measures each file on its own: SST-2 and MRPC dev (the conversion
 sentences) and STS-B dev's sentences by genre (other kinds); none of it is in real.txt (MRPC
 repeats a few sentences across its splits: those are left out).
 
-    python examples/make_real_text.py ../shared/glue real.txt [heldout/]
+With a fourth, also STS-B dev's 3000 sentences, one per line: every pair's first sentence, then
+every pair's second (`fffconvert eval --data` reads its first 2000 by default: the file the
+"STS-B sentences" figures of docs/results were measured on).
+
+    python examples/make_real_text.py ../shared/glue real.txt [heldout/ [stsb_sents.txt]]
 """
 import csv
 import random
@@ -46,7 +50,16 @@ def held_out(glue, folder, seen):
         print(f"{len(texts)} texts -> {folder / name}.txt")
 
 
+def stsb_sentences(glue, out):
+    pairs = rows(Path(glue) / "STS-B" / "dev.tsv")
+    texts = [r["sentence1"] for r in pairs] + [r["sentence2"] for r in pairs]
+    Path(out).write_text("\n".join(texts) + "\n")
+    print(f"{len(texts)} texts -> {out}")
+
+
 if __name__ == "__main__":
     conversion_text = main(*sys.argv[1:3])
     if len(sys.argv) > 3:
         held_out(sys.argv[1], sys.argv[3], set(conversion_text))
+    if len(sys.argv) > 4:
+        stsb_sentences(sys.argv[1], sys.argv[4])
