@@ -51,6 +51,14 @@ def recover(path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def write_text(path, text: str) -> None:
+    """Write a file whole or not at all: under a hidden name beside it, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def check_writable(path) -> None:
     """Raise UserError unless a folder could be created at `path` (checked before any work)."""
     path = Path(path)

@@ -243,9 +243,6 @@ def format_report(result: dict) -> str:
 
 def save(result: dict, path):
     """Write the results as JSON, atomically (a killed run leaves no half file)."""
-    from pathlib import Path
+    from .atomic import write_text
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_text(path, json.dumps(result, indent=2, sort_keys=True))

@@ -35,9 +35,16 @@ _format_warning = warnings.formatwarning
 
 def _warning_line(message, category, filename, lineno, line=None):
     """fffconvert's own warnings are advice to the user: one `Warning:` line, as its errors are."""
-    if str(filename).startswith(_PACKAGE):
+    from .errors import Advice
+
+    if str(filename).startswith(_PACKAGE) or issubclass(category, Advice):
         return f"Warning: {message}\n"
     return _format_warning(message, category, filename, lineno, line)
+
+
+def one_line_warnings():
+    """Print fffconvert's warnings (and `Advice` from the recipes) as `Warning:` lines from now on."""
+    warnings.formatwarning = _warning_line
 
 
 class CLI(click.Group):
@@ -51,7 +58,7 @@ class CLI(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         from .errors import UserError
 
-        warnings.formatwarning = _warning_line
+        one_line_warnings()
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except (click.UsageError, click.BadParameter) as e:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import check_writable
+from .atomic import check_writable, write_text
 from .calibrate import tokenize
 from .e2e import text_collate
 from .errors import UserError
@@ -150,6 +150,4 @@ def eval_texts(data, column=None, max_texts: int = 2000) -> dict[str, list[str]]
 def write_json(result: dict, path):
     path = Path(path)
     check_writable(path.parent / ".probe")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_text(path, json.dumps(result, indent=2, sort_keys=True))

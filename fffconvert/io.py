@@ -7,7 +7,6 @@ written atomically (atomic.py). Loading reads safetensors only, and checks the f
 trusts it (folders.py): a damaged file or a config that no longer matches the weights is one
 clear error, never a traceback or a silently random layer.
 """
-import json
 from pathlib import Path
 
 from .atomic import atomic_folder, recover

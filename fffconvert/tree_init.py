@@ -260,7 +260,7 @@ def fit_leaves(layer: FFF, X, A, Y, leaf, dense: DenseFFN, seed: int, random: bo
     """Choose each leaf's neurons and refit its output rows and bias by ridge least squares, all
     leaves at once. A leaf with fewer than L + 1 tokens borrows those of its nearest ancestor."""
     gen = torch.Generator().manual_seed(seed + 1)
-    K, L, H = layer.n_leaves, layer.leaf_width, layer.hidden_size
+    K, L = layer.n_leaves, layer.leaf_width
     N, F = A.shape
     T = Y - dense.b2
     weight = dense.token_weights(X, Y)

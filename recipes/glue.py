@@ -37,12 +37,13 @@ from batches import Collate  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split, score  # noqa: E402
 
 import fffconvert  # noqa: E402
-from fffconvert.cli import NonEmptyName, NonEmptyPath  # noqa: E402
+from fffconvert.cli import NonEmptyName, NonEmptyPath, one_line_warnings  # noqa: E402
 from fffconvert.bench import DTYPES, BenchConfig, bench_layer, random_ids, time_models  # noqa: E402
-from fffconvert.atomic import check_writable  # noqa: E402
+from fffconvert.atomic import check_writable, write_text  # noqa: E402
 from fffconvert.convert import FFFConfig  # noqa: E402
 from fffconvert.e2e import E2EConfig, distill_model, routing_agreement  # noqa: E402
 from fffconvert.errors import UserError  # noqa: E402
+from fffconvert.folders import read_config  # noqa: E402
 from fffconvert.io import check_converted_config  # noqa: E402
 from fffconvert.quantize import quantize  # noqa: E402
 from fffconvert.sources import embedded_model_path, load_dense  # noqa: E402
@@ -117,7 +118,7 @@ def teacher_model(source: str, task: str, learn, heldout, collate, args, device,
                    "near_chance": score_ <= chance + rules.NEAR_CHANCE_POINTS})
     if rank_and_world()[0] == 0:
         model.save_pretrained(saved)
-        (saved / "report.json").write_text(json.dumps(report, indent=2))
+        write_text(saved / "report.json", json.dumps(report, indent=2))
     return model, report
 
 
@@ -195,7 +196,7 @@ def measure_speed(dense, fff, device, batch, seq_len) -> dict:
 
 
 def write_reports(results: dict, out: Path):
-    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True))
     task, dense = results["task"], results["dense"]
     head = TASKS[task].metrics[0]
     key = next(k for k in dense if k.endswith(head))
@@ -224,7 +225,7 @@ def write_reports(results: dict, out: Path):
     lines += ["", f"All dense metrics: {json.dumps({k: round(v, 2) for k, v in dense.items()})}",
               f"This command's wall time (a --resume run counts only its own): {results['seconds_total']:.0f} s. "
               f"Command: `{results['command']}`"]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "results.md", "\n".join(lines) + "\n")
     if len(results["fff"]) > 1:
         plot_sweep(results, key, out / "sweep.png")
 
@@ -275,6 +276,7 @@ def plot_sweep(results, key, path):
 def main(task, source, generals, depth, data_dir, output, device, **kw):
     """Finetune (or take) a teacher, distill an FFF student in two stages, score both; write results."""
     args = SimpleNamespace(**kw)
+    one_line_warnings()
     try:
         depths = [int(d) for d in depth.split(",")]
         if any(d < 1 for d in depths):
@@ -316,7 +318,7 @@ def run(task, source, generals, depths, data_dir, out: Path, device, args):
     train = read_train(task, data_dir, args.max_train)  # every input is read before any work
     dev = {split: load_split(task, split, data_dir)[: args.max_dev] for split in TASKS[task].dev}
     for g in generals:
-        check_converted_config(json.loads((Path(g) / "config.json").read_text()), g)
+        check_converted_config(read_config(Path(g)), g)
     check_writable(out)
     device = init_distributed(device)
     torch.backends.cuda.matmul.allow_tf32 = True  # as HF Trainer's tf32=True: training's matmuls on tensor cores

@@ -6,8 +6,11 @@ the hub, from the hub's `glue` configs. Metrics come from scikit-learn and scipy
 """
 import csv
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from fffconvert.errors import Advice
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,16 @@ class DataError(ValueError):
     """A missing or malformed data file; the message names the file and the line."""
 
 
+class DataWarning(Advice):
+    """Rows left out of a data file; the message names the file and the lines."""
+
+
+# A row with too few columns is a line that a newline inside a field broke in two (QQP's train.tsv
+# has a few); up to this share of a file's rows are left out, with a warning, as the reference GLUE
+# loaders leave them out. More means a file of another layout: an error.
+MAX_BROKEN_SHARE = 1e-3
+
+
 def read_tsv(path: Path, task: Task) -> list[tuple]:
     """Rows of (text, [text2,] label) from a GLUE TSV file."""
     if not path.exists():
@@ -65,18 +78,25 @@ def read_tsv(path: Path, task: Task) -> list[tuple]:
         if missing:
             raise DataError(f"{path}, line 1: header lacks column(s) {missing}; it has {header}")
         cols, label_col = [header.index(c) for c in task.text], header.index(task.label)
-    out = []
+    out, broken = [], []
     width = max(*cols, label_col) + 1
     for n, row in enumerate(body, start=first):
         if not row or row == [""]:
             continue
         if len(row) < width:
-            raise DataError(f"{path}, line {n}: {len(row)} columns, expected at least {width}")
+            broken.append((n, len(row)))
+            continue
         try:
             label = _label(row[label_col], task)
         except ValueError:
             raise DataError(f"{path}, line {n}: bad label {row[label_col]!r}")
         out.append((*(row[c] for c in cols), label))
+    if len(broken) > MAX_BROKEN_SHARE * (len(out) + len(broken)):
+        n, got = broken[0]
+        raise DataError(f"{path}, line {n}: {got} columns, expected at least {width}")
+    if broken:
+        lines = ", ".join(str(n) for n, _ in broken[:5]) + (", ..." if len(broken) > 5 else "")
+        warnings.warn(f"{path}: left out {len(broken)} broken line(s) of too few columns ({lines})", DataWarning)
     if not out:
         raise DataError(f"{path}: no rows")
     return out

@@ -24,6 +24,7 @@ from batches import Collate  # noqa: E402
 from glue import evaluate, headline, read_train, refuse, teacher_model  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split  # noqa: E402
 
+from fffconvert.atomic import write_text  # noqa: E402
 from fffconvert.cli import NonEmptyName, NonEmptyPath  # noqa: E402
 from fffconvert.errors import UserError  # noqa: E402
 from fffconvert.sources import embedded_model_path  # noqa: E402
@@ -65,7 +66,7 @@ def record(task, source, data_dir, output, seed):
         _, report = teacher_model(source, task, learn, heldout, collate, args, device, Path(tmp), observe=observe)
     runs = [{"lr": t["lr"], "seconds": t["seconds"], "curve": curves[t["lr"]]} for t in report["tried"]]
     result = {"task": task, "seed": seed, "steps": report["steps_per_run"], "heldout_size": len(heldout), "runs": runs}
-    Path(output).write_text(json.dumps(result))
+    write_text(output, json.dumps(result))
     click.echo(f"Wrote {output}")
 
 

@@ -23,6 +23,7 @@ from batches import Collate  # noqa: E402
 from glue import evaluate, headline  # noqa: E402
 from glue_tasks import TASKS, load_split  # noqa: E402
 
+from fffconvert.atomic import write_text  # noqa: E402
 from fffconvert.cli import NonEmptyName, NonEmptyPath  # noqa: E402
 from fffconvert.sources import embedded_model_path  # noqa: E402
 
@@ -59,7 +60,7 @@ def main(task, source, data_dir, output, lr, seed):
               "train": len(train), "dev": metrics, "headline": headline(task, metrics),
               "seconds": time.perf_counter() - t0, "command": " ".join(["python", *sys.argv])}
     Path(output).mkdir(parents=True, exist_ok=True)
-    (Path(output) / "baseline.json").write_text(json.dumps(result, indent=2))
+    write_text(Path(output) / "baseline.json", json.dumps(result, indent=2))
     click.echo(json.dumps(result))
 
 

@@ -61,6 +61,67 @@ def test_malformed_files_name_the_file_and_line(tmp_path):
         load_split("mrpc", "train", tmp_path)
 
 
+# Each task's files as the GLUE download writes them (header, columns, label form), one row each.
+LAYOUTS = {
+    "cola": ("train.tsv", None, "gj04\t1\t\tOur friends won't buy this analysis.", ("Our friends won't buy this analysis.", 1)),
+    "qqp": ("train.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+            "133273\t213221\t213222\tHow is the life of a math student?\tWhich level of math is needed?\t0",
+            ("How is the life of a math student?", "Which level of math is needed?", 0)),
+    "mnli": ("dev_mismatched.tsv", "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse"
+             "\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label",
+             "0\t75290\t75290c\tletters\t( ( Your gift ) )\t( ( Your contribution ) )\t(ROOT)\t(ROOT)"
+             "\tYour gift is appreciated.\tHundreds will benefit.\tneutral\tneutral\tneutral\tneutral\tneutral\tneutral",
+             ("Your gift is appreciated.", "Hundreds will benefit.", 1)),
+    "qnli": ("dev.tsv", "index\tquestion\tsentence\tlabel", "0\tWhat came into force?\tThe law did.\tnot_entailment",
+             ("What came into force?", "The law did.", 1)),
+    "rte": ("train.tsv", "index\tsentence1\tsentence2\tlabel", '0\tNo "weapons" were found.\tWeapons were found.\tnot_entailment',
+            ('No "weapons" were found.', "Weapons were found.", 1)),
+    "wnli": ("train.tsv", "index\tsentence1\tsentence2\tlabel", "0\tI stuck a pin through a carrot.\tThe carrot has a hole.\t1",
+             ("I stuck a pin through a carrot.", "The carrot has a hole.", 1)),
+}
+
+
+@pytest.mark.parametrize("task", sorted(LAYOUTS))
+def test_tasks_not_in_the_shared_data_read_their_glue_layout(task, tmp_path):
+    name, header, row, expected = LAYOUTS[task]
+    (tmp_path / TASKS[task].folder).mkdir()
+    (tmp_path / TASKS[task].folder / name).write_text("\n".join(filter(None, [header, row, row])) + "\n")
+    assert load_split(task, name.removesuffix(".tsv"), tmp_path) == [expected, expected]
+
+
+def test_a_few_lines_broken_by_a_newline_are_left_out_with_a_warning(tmp_path):
+    from glue_tasks import DataWarning
+
+    (tmp_path / "QQP").mkdir()
+    good = [f"{i}\t{2 * i}\t{2 * i + 1}\tQuestion {i}?\tOther question {i}?\t{i % 2}" for i in range(2000)]
+    broken = ["5000\t1\t2\tA question cut", "in two by a newline?\tThe other one?\t0"]  # as in QQP's train.tsv
+    path = tmp_path / "QQP" / "train.tsv"
+    path.write_text("\n".join([LAYOUTS["qqp"][1], *good[:700], *broken, *good[700:]]) + "\n")
+    with pytest.warns(DataWarning, match=r"train.tsv: left out 2 broken line\(s\) of too few columns \(702, 703\)"):
+        rows = load_split("qqp", "train", tmp_path)
+    assert len(rows) == 2000 and rows[700] == ("Question 700?", "Other question 700?", 0)
+    path.write_text("\n".join([LAYOUTS["qqp"][1], *good[:10], *broken]) + "\n")  # more than 1 in 1000: not QQP's quirk
+    with pytest.raises(DataError, match=r"line 12: 4 columns, expected at least 6"):
+        load_split("qqp", "train", tmp_path)
+
+
+def test_the_recipe_says_what_it_left_out_and_refuses_a_general_model_without_config(tmp_path, minilm_path):
+    import subprocess
+
+    (tmp_path / "QQP").mkdir()
+    rows = [f"{i}\t{2 * i}\t{2 * i + 1}\tQuestion {i}?\tOther question {i}?\t{i % 2}" for i in range(1500)]
+    (tmp_path / "QQP" / "train.tsv").write_text("\n".join([LAYOUTS["qqp"][1], "9\t1\t2\tcut", *rows]) + "\n")
+    (tmp_path / "QQP" / "dev.tsv").write_text("\n".join([LAYOUTS["qqp"][1], *rows[:20]]) + "\n")
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "recipes" / "glue.py"), "--task", "qqp",
+                        "--model", str(minilm_path), "--data-dir", str(tmp_path), "--output", str(tmp_path / "out"),
+                        "--general", str(tmp_path / "empty"), "--device", "cpu"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"Warning: {tmp_path}/QQP/train.tsv: left out 1 broken line(s) of too few columns (2)",
+        f"Error: {tmp_path}/empty has no config.json: not a transformers model folder"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_augmented_copies_are_perturbed_pairs_of_the_task_text():
     rows = [(f"first text number {i} here", f"second text number {i} there", float(i)) for i in range(40)]
     out = augment(rows, 2, seed=1)
