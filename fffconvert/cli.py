@@ -361,10 +361,12 @@ def _bench_peers(json_path, converted, dense, kw):
     if converted:
         from .io import from_pretrained
         from .sources import load_dense
+        from .surgery import check_source
 
         fff = from_pretrained(converted, quantize=False)
         source = _dense_source(fff, dense, converted)
         dense_model, what = load_dense(source).model, f"{converted} against {source}"
+        check_source(fff, dense_model)
     else:
         dense_model, fff, _ = b.bert_models(cfg)
         what = (f"BERT-shaped model, random weights, H={cfg.hidden} F={cfg.ffn}, FFF depth {cfg.depth} "

@@ -22,6 +22,7 @@ from .calibrate import tokenize
 from .e2e import text_collate
 from .errors import UserError
 from .measures import Pooling, gap_sums, merge, summarize
+from .surgery import check_source
 from .texts import read_text_sources
 
 EVAL_CORPUS = Path(__file__).parent / "data" / "eval.txt"
@@ -91,6 +92,7 @@ def evaluate(fff, dense, tokenizer, texts: list[str] | dict[str, list[str]], poo
              stsb=None, device="cpu", max_length: int = 128) -> dict:
     """The report above, as a dict (see `to_markdown`). `texts`: a list, or texts by source
     (eval_texts), measured together and, when there are several sources, each on its own."""
+    check_source(fff, dense)
     sources = texts if isinstance(texts, dict) else {"texts": texts}
     fff, dense = fff.to(device).eval(), dense.to(device).eval()
     batches = {name: _batches(tokenizer, ts, device, max_length) for name, ts in sources.items()}

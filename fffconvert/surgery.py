@@ -110,6 +110,20 @@ def fff_layers(model: nn.Module) -> list[FFF]:
     return [m for m in model.modules() if isinstance(m, FFF)]
 
 
+def check_source(fff: nn.Module, dense: nn.Module):
+    """Raise UserError unless `dense` could be `fff`'s source: its architecture, FFN count and
+    widths, and vocabulary (a wrong source would fail deep inside a comparison, or time another model)."""
+    def shape(model, widths):
+        return source_type(model.config.model_type), widths, model.get_input_embeddings().num_embeddings
+
+    want = shape(fff, [layer.hidden_size for layer in fff_layers(fff)])
+    got = shape(dense, [block.fc1.in_features for block in find_ffns(dense)])
+    if got != want:
+        raise UserError(f"the dense model is not this converted model's source: {got[0]}, {len(got[1])} FFN layers of "
+                        f"width {got[1][0]}, vocabulary {got[2]}, against {want[0]}, {len(want[1])} of {want[1][0]}, "
+                        f"{want[2]}; give --dense the model it was converted from")
+
+
 def empty_fff_model(model: nn.Module, depth, leaf_width) -> nn.Module:
     """Swap every FFN of `model` for an FFF of the given shape (weights to be loaded); `depth` and
     `leaf_width` are one value for all layers or a list with one per layer."""

@@ -48,6 +48,13 @@ def copy(base, name, tmp):
     return tmp / name
 
 
+def another_model(base, tmp):
+    """A dense folder of another architecture, with the base's tokenizer."""
+    folder = copy(base, "dense", tmp)
+    tiny_model("distilbert").save_pretrained(folder)
+    return folder
+
+
 def edit_weights(folder, fn):
     f = folder / "model.safetensors"
     state = load_file(f)
@@ -249,6 +256,10 @@ OTHER_CLI_CASES = [
                                                        text_folder(t / "d", {"a.txt": "\n", "b.jsonl": ""}),
                                                        "--json", t / "r.json"], "has no text"),
     ("eval: source not recorded", lambda b, t: ["eval", b / "converted"], "--dense"),
+    ("eval: --dense of another model", lambda b, t: ["eval", b / "converted", "--dense", another_model(b, t)],
+     "not this converted model's source: distilbert"),
+    ("bench: --dense of another model", lambda b, t: ["bench", "--peers", "--converted", b / "converted", "--dense",
+                                                      another_model(b, t)], "not this converted model's source"),
     ("eval: empty folder name", lambda b, t: ["eval", ""], "'CONVERTED': is empty"),
     ("eval: text column without data", lambda b, t: ["eval", b / "converted", "--text-column", "x"], "give the file too"),
     ("eval: empty --json", lambda b, t: ["eval", b / "converted", "--json", ""], "'--json': is empty"),
