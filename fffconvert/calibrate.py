@@ -11,7 +11,9 @@ from .surgery import find_ffns
 
 
 def tokenize(tokenizer, texts, max_length: int = 128):
-    """Token ids per text (truncated), without padding. A text may be a pair (a, b) of strings."""
+    """Token ids per text (truncated, also to the tokenizer's model_max_length), without padding.
+    A text may be a pair (a, b) of strings."""
+    max_length = min(max_length, tokenizer.model_max_length)
     if texts and isinstance(texts[0], (tuple, list)):
         a, b = zip(*texts)
         return tokenizer(list(a), list(b), truncation=True, max_length=max_length)["input_ids"]

@@ -17,7 +17,7 @@ import transformers
 from .errors import UserError
 from .folders import check_finite, fetch, has_tokenizer, header_shapes, read_config, weight_files
 from .measures import Pooling
-from .surgery import CONVERTED_PREFIX, find_ffns, spec_for
+from .surgery import CONVERTED_PREFIX, find_ffns, max_positions, spec_for
 
 # sentence-transformers files beside the transformer's own, copied to the converted folder
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
@@ -120,6 +120,18 @@ def card_metadata(path: Path) -> dict:
         return {}
 
 
+def _fit_tokenizer(tokenizer, model, name):
+    """Refuse a tokenizer with ids the model has no embedding for (another model's); cap its
+    length at the model's positions, which every tokenization here truncates to."""
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise UserError(f"{name}: its tokenizer has {len(tokenizer)} tokens but the model embeds {vocab}: "
+                        "the tokenizer is another model's")
+    positions = max_positions(model.config)
+    if positions:
+        tokenizer.model_max_length = min(tokenizer.model_max_length, positions)
+
+
 def inspect_source(name: str, allow_pickle=False) -> Path:
     """The source's local folder, after every check that reads no weights (cheap: run it first)."""
     path = fetch(name)
@@ -146,5 +158,6 @@ def load_dense(name: str, allow_pickle=False) -> Source:
     if damaged:  # random weights in the body of the model would be converted without a word
         raise UserError(f"{name}: its weights lack {', '.join(sorted(damaged)[:3])}")
     check_finite(model, name)
+    _fit_tokenizer(tokenizer, model, name)
     pooling, files = sentence_transformers_parts(path)
     return Source(model.eval(), tokenizer, name, pooling, files, card_metadata(path))

@@ -49,6 +49,15 @@ def source_type(model_type: str | None) -> str | None:
     return model_type[len(CONVERTED_PREFIX):] if model_type and model_type.startswith(CONVERTED_PREFIX) else model_type
 
 
+def max_positions(config) -> int | None:
+    """The most tokens a text may have in this model: its position table's size (RoBERTa's
+    positions start after its padding index)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if n and source_type(config.model_type) == "roberta":
+        n -= config.pad_token_id + 1
+    return n
+
+
 def spec_for(config) -> FFNSpec:
     model_type = source_type(getattr(config, "model_type", None))
     if model_type not in ARCHITECTURES:

@@ -48,6 +48,15 @@ def copy(base, name, tmp):
     return tmp / name
 
 
+def remade(base, tmp, **changes):
+    """The dense folder with its config changed (and new weights to fit it); the same tokenizer."""
+    folder = copy(base, "dense", tmp)
+    config = transformers.BertConfig.from_pretrained(folder)
+    config.update(changes)
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
 def another_model(base, tmp):
     """A dense folder of another architecture, with the base's tokenizer."""
     folder = copy(base, "dense", tmp)
@@ -134,6 +143,7 @@ CLI_CASES = [
     ("source tensor of wrong shape", lambda b, t: [edit_weights(copy(b, "dense", t), lambda s: s.update({QUERY: torch.zeros(5, 5)}))], "does not match config.json"),
     ("source tensor missing", lambda b, t: [edit_weights(copy(b, "dense", t), lambda s: s.pop(FC1))], "lack"),
     ("source with NaN", lambda b, t: [edit_weights(copy(b, "dense", t), lambda s: s[FC1].fill_(float("nan")))], "NaN"),
+    ("source with another model's tokenizer", lambda b, t: [remade(b, t, vocab_size=1000)], "the tokenizer is another model's"),
     ("source without tokenizer", lambda b, t: [rm(copy(b, "dense", t), "tokenizer.json", "vocab.txt")], "no tokenizer files"),
     ("source config not JSON", lambda b, t: [write_cfg(copy(b, "dense", t), "{bad")], "not readable JSON"),
     ("source config without model type", lambda b, t: [edit_config(copy(b, "dense", t), lambda c: c.pop("model_type"))], "model_type"),

@@ -113,3 +113,21 @@ def test_repeated_tokens_give_finite_trees():
     layer = init_from_dense(FFF(16, 6, 2), X, DenseFFN(fc1, fc2, "gelu"), seed=0)
     assert all(p.isfinite().all() for p in layer.parameters())
     assert layer.hard_forward(X).isfinite().all()
+
+
+def test_texts_are_cut_to_the_positions_a_model_has(tokenizer, texts, tmp_path):
+    import transformers
+
+    from fffconvert.evaluate import evaluate
+    from fffconvert.sources import load_dense
+
+    model = tiny_model("bert")
+    model.config.max_position_embeddings = 20
+    transformers.BertModel(model.config).save_pretrained(tmp_path / "short")
+    tokenizer.save_pretrained(tmp_path / "short")
+    src = load_dense(str(tmp_path / "short"))
+    assert src.tokenizer.model_max_length == 20
+    fff = fffconvert.convert(src.model, FFFConfig(depth=2, calib_tokens=1500, e2e=E2EConfig(steps=2, batch_size=4)),
+                             texts[:300], src.tokenizer, progress=False)
+    result = evaluate(fff, load_dense(str(tmp_path / "short")).model, src.tokenizer, texts[:20])
+    assert result["tokens"] > 0 and 0 < result["token_cosine"] <= 1
