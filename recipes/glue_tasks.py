@@ -5,6 +5,7 @@ usual download script writes them) or, when that is absent and the `datasets` pa
 the hub, from the hub's `glue` configs. Metrics come from scikit-learn and scipy.
 """
 import csv
+import math
 import sys
 import warnings
 from dataclasses import dataclass
@@ -104,7 +105,10 @@ def read_tsv(path: Path, task: Task) -> list[tuple]:
 
 def _label(value: str, task: Task):
     if task.num_labels == 1:
-        return float(value)
+        score = float(value)
+        if not math.isfinite(score):  # float() takes "nan" and "inf": a score no loss can learn from
+            raise ValueError(value)
+        return score
     if task.labels:
         return task.labels.index(value)
     label = int(value)

@@ -54,6 +54,10 @@ def test_malformed_files_name_the_file_and_line(tmp_path):
     bad.write_text("sentence\tlabel\nfine\tseven\n")
     with pytest.raises(DataError, match=r"line 2: bad label 'seven'"):
         load_split("sst2", "train", tmp_path)
+    (tmp_path / "STS-B").mkdir()
+    (tmp_path / "STS-B" / "dev.tsv").write_text("sentence1\tsentence2\tscore\na\tb\t2.5\nc\td\tnan\n")
+    with pytest.raises(DataError, match=r"line 3: bad label 'nan'"):
+        load_split("stsb", "dev", tmp_path)
     bad.write_text("text\tlabel\nfine\t1\n")
     with pytest.raises(DataError, match=r"line 1: header lacks column"):
         load_split("sst2", "train", tmp_path)
