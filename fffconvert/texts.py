@@ -8,6 +8,7 @@
 Without `column`, the first of TEXT_COLUMNS that the file has is used.
 """
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -101,7 +102,7 @@ def _jsonl(path: Path, raw: str, column: str | None) -> list[str]:
 
 def _table(path: Path, raw: str, column: str | None, delimiter: str) -> list[str]:
     csv.field_size_limit(sys.maxsize)
-    rows = list(csv.reader(raw.splitlines(), delimiter=delimiter))
+    rows = list(csv.reader(io.StringIO(raw, newline=""), delimiter=delimiter))  # a quoted field keeps its newlines
     if not rows:
         return []
     key = _pick_column(path, rows[0], column)

@@ -12,17 +12,17 @@ from fffconvert.errors import UserError
 def test_every_format_and_a_folder(tmp_path):
     (tmp_path / "a.txt").write_text("first line\n\n  second line  \n")
     (tmp_path / "b.jsonl").write_text(json.dumps({"text": "from jsonl", "n": 1}) + "\n\n" + json.dumps({"text": "again"}) + "\n")
-    (tmp_path / "c.csv").write_text('id,sentence\n1,"a csv text, with a comma"\n')
+    (tmp_path / "c.csv").write_text('id,sentence\n1,"a csv text, with a comma"\n2,"a quoted\nnewline"\n')
     (tmp_path / "d.tsv").write_text("content\tlabel\na tsv text\t0\n")
     (tmp_path / "notes.md").write_text("not read")
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "x.txt").write_text("not read either")
     assert t.read_texts(tmp_path / "a.txt") == ["first line", "second line"]
     assert t.read_texts(tmp_path / "b.jsonl") == ["from jsonl", "again"]
-    assert t.read_texts(tmp_path / "c.csv") == ["a csv text, with a comma"]  # "sentence": a usual text column
+    assert t.read_texts(tmp_path / "c.csv") == ["a csv text, with a comma", "a quoted\nnewline"]  # "sentence": usual
     assert t.read_texts(tmp_path / "d.tsv") == ["a tsv text"]
     assert t.read_texts(tmp_path) == ["first line", "second line", "from jsonl", "again", "a csv text, with a comma",
-                                      "a tsv text"]
+                                      "a quoted\nnewline", "a tsv text"]
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "e.txt").write_text("nested\n")
     (tmp_path / "empty.txt").write_text("\n")
