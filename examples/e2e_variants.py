@@ -1,12 +1,12 @@
 """Ablations of the end-to-end phase from one layer-wise conversion (docs/results/fidelity/e2e-variants).
 
-    python examples/e2e_variants.py HERE OUT DEVICE '{"NAME": {"train": "all|fff|fff+ln", "e2e": {E2EConfig fields}}, ...}' [MAX_TEXTS] [DEPTH]
+    python examples/e2e_variants.py HERE OUT DEVICE '{"NAME": {"train": "all|fff|fff+ln|all-but-words", "e2e": {E2EConfig fields}}, ...}' [MAX_TEXTS] [DEPTH]
 
 HERE holds minilm/ (the dense model), real.txt (the conversion text), and for the evaluations
 stsb_sents.txt, glue/ and heldout/ (examples/make_real_text.py writes all but glue/). The layer-wise
 depth-DEPTH model is made once; each variant distills a copy of it end to end, training everything
-("all", as convert does), only the FFF layers ("fff") or the FFF layers and the LayerNorms
-("fff+ln"), then is saved to OUT/NAME and measured with `fffconvert eval` on STS-B's sentences and,
+("all", as convert does), only the FFF layers ("fff"), the FFF layers and the LayerNorms
+("fff+ln") or all but the word embeddings ("all-but-words"), then is saved to OUT/NAME and measured with `fffconvert eval` on STS-B's sentences and,
 by kind, on heldout/.
 """
 import copy
@@ -42,8 +42,8 @@ for name, spec in variants.items():
     m = copy.deepcopy(lw)
     fff_ids = {id(p) for layer in fff_layers(m) for p in layer.parameters()}
     for pname, p in m.named_parameters():
-        keep = {"all": True, "fff": id(p) in fff_ids,
-                "fff+ln": id(p) in fff_ids or "LayerNorm" in pname}[spec.get("train", "all")]
+        keep = {"all": True, "fff": id(p) in fff_ids, "fff+ln": id(p) in fff_ids or "LayerNorm" in pname,
+                "all-but-words": p is not m.get_input_embeddings().weight}[spec.get("train", "all")]
         p.requires_grad_(keep)
     print(name, "trainable", sum(p.numel() for p in m.parameters() if p.requires_grad), flush=True)
     rep = end_to_end(m, teacher, cfg, ids, heldout, src.tokenizer, device, src.pooling, None, False, False)

@@ -41,6 +41,7 @@ class E2EConfig:
     embedding_weight: float = 1.0  # the pooled embedding (embedding models only)
     logits_weight: float = 1.0  # the head's logits (models with a head only)
     kd_temperature: float = 2.0
+    weight_decay: float = 0.01  # AdamW's, on every trained parameter
     augment: float = 0.0  # per token, the chance of its deletion and, again, of its replacement (see `perturbed`)
     checkpoint_every: int = 500
 
@@ -134,6 +135,7 @@ def distill_model(student, teacher, examples, collate, cfg: E2EConfig, device="c
         return loss
 
     train = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, fff_lr=cfg.fff_lr, warmup=cfg.warmup,
+                        weight_decay=cfg.weight_decay,
                         seed=seed, checkpoint_every=cfg.checkpoint_every, dropout=False, eval_every=eval_every,
                         patience=patience)
     stats = fit(student, examples, collate, loss_fn, train, device=device, checkpoint_dir=checkpoint_dir,
