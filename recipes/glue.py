@@ -195,11 +195,18 @@ def measure_speed(dense, fff, device, batch, seq_len) -> dict:
             "model_speedup": t["speedup"], "model_speedup_graph": t.get("speedup_graph"), "model": t}
 
 
+def retention(fff: float, dense: float) -> str:
+    """The student's share of the teacher's score; none for a teacher at or below zero (an MCC or a
+    correlation of a constant predictor), against which a share means nothing."""
+    return f"{100 * fff / dense:.1f}%" if dense > 0 else "n/a (teacher <= 0)"
+
+
 def write_reports(results: dict, out: Path):
     write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True))
     task, dense = results["task"], results["dense"]
     head = TASKS[task].metrics[0]
-    key = next(k for k in dense if k.endswith(head))
+    keys = [k for k in dense if k.endswith(head)]  # one per dev split (MNLI has two)
+    key = keys[0]
     t = results.get("teacher") or {}
     lines = [f"# GLUE {task}: dense vs FFF ({results['model']})", "",
              f"Dense teacher dev {key}: **{dense[key]:.2f}**" + (f" (learning rate {t['lr']:g}, step {t['step']}, chosen on "
@@ -207,18 +214,20 @@ def write_reports(results: dict, out: Path):
              + f". Machine: {results['machine']}.", ""]
     if t.get("near_chance"):
         lines += ["**The teacher is near chance on the held-out split: retention against it means little.**", ""]
-    lines += ["| student | neurons per token | FFF dev " + key + " | retention | hard/soft agreement | distill steps (best) "
-              "| FFN layer speedup | model speedup | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    if len(keys) > 1:
+        lines += ["Dense teacher, every dev split: " + ", ".join(f"{k} {dense[k]:.2f}" for k in keys) + ".", ""]
+    scores = "".join(f"FFF dev {k} | retention | " for k in keys)
+    lines += ["| student | neurons per token | " + scores + "hard/soft agreement | distill steps (best) "
+              "| FFN layer speedup | model speedup | seconds |", "|---|---:|" + "---:|---:|" * len(keys) + "---:|---:|---:|---:|---:|"]
     for r in results["fff"]:
         s = r.get("speed")
         speed = f"{s['ffn_layer_speedup']:.1f}x | {s['model_speedup']:.2f}x" if s else "not measured | not measured"
-        lines.append(f"| {r['name']} | {r['rows_per_token']:.1f} of {results['dense_ffn_width']} | {r['fff'][key]:.2f} "
-                     f"| {100 * r['fff'][key] / dense[key]:.1f}% | {r['agreement']:.3f} "
+        cells = "".join(f"{r['fff'][k]:.2f} | {retention(r['fff'][k], dense[k])} | " for k in keys)
+        lines.append(f"| {r['name']} | {r['rows_per_token']:.1f} of {results['dense_ffn_width']} | {cells}{r['agreement']:.3f} "
                      f"| {r['distill']['steps']} ({r['distill']['best_step']}) | {speed} | {r['seconds']:.0f} |")
         if "fff_int8" in r:
-            q = r["fff_int8"][key]
-            lines.append(f"| {r['name']} + int8 Linears (CPU) | | {q:.2f} | {100 * q / dense[key]:.1f}% "
-                         f"| | | | | |")
+            cells = "".join(f"{r['fff_int8'][k]:.2f} | {retention(r['fff_int8'][k], dense[k])} | " for k in keys)
+            lines.append(f"| {r['name']} + int8 Linears (CPU) | | {cells}| | | | |")
     if t.get("tried"):
         lines += ["", f"Teacher finetuning: {sum(r['seconds'] for r in t['tried']):.0f} s "
                       f"({len(t['tried'])} learning rates, {t['steps_per_run']} steps each)."]

@@ -126,6 +126,23 @@ def test_the_recipe_says_what_it_left_out_and_refuses_a_general_model_without_co
     assert not (tmp_path / "out").exists()
 
 
+def test_report_gives_every_dev_split_and_no_share_of_a_teacher_at_zero(tmp_path):
+    from glue import write_reports
+
+    def results(task, dense, fff):
+        return {"task": task, "dense": dense, "teacher": {}, "model": "m", "machine": "CPU", "dense_ffn_width": 1536,
+                "seconds_total": 1.0, "command": "c", "fff": [{"name": "d8", "rows_per_token": 14.0, "fff": fff,
+                                                               "agreement": 1.0, "distill": {"steps": 3, "best_step": 3},
+                                                               "seconds": 1.0}]}
+
+    write_reports(results("mnli", {"dev_matched_accuracy": 80.0, "dev_mismatched_accuracy": 81.0},
+                          {"dev_matched_accuracy": 79.2, "dev_mismatched_accuracy": 79.38}), tmp_path)
+    row = (tmp_path / "results.md").read_text().splitlines()
+    assert "| d8 | 14.0 of 1536 | 79.20 | 99.0% | 79.38 | 98.0% |" in "\n".join(row)
+    write_reports(results("cola", {"matthews": 0.0}, {"matthews": 0.0}), tmp_path)  # a teacher that predicts one class
+    assert "| 0.00 | n/a (teacher <= 0) |" in (tmp_path / "results.md").read_text()
+
+
 def test_augmented_copies_are_perturbed_pairs_of_the_task_text():
     rows = [(f"first text number {i} here", f"second text number {i} there", float(i)) for i in range(40)]
     out = augment(rows, 2, seed=1)
