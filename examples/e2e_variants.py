@@ -6,8 +6,8 @@ HERE holds minilm/ (the dense model), real.txt (the conversion text), and for th
 stsb_sents.txt, glue/ and heldout/ (examples/make_real_text.py writes all but glue/). The layer-wise
 depth-DEPTH model is made once; each variant distills a copy of it end to end, training everything
 ("all", as convert does), only the FFF layers ("fff"), the FFF layers and the LayerNorms
-("fff+ln") or all but the word embeddings ("all-but-words"), then is saved to OUT/NAME and measured with `fffconvert eval` on STS-B's sentences and,
-by kind, on heldout/.
+("fff+ln") or all but the word embeddings ("all-but-words"), then is saved to OUT/NAME and
+measured with `fffconvert eval` on STS-B's sentences and, by kind, on heldout/.
 """
 import copy
 import json
@@ -41,9 +41,10 @@ for name, spec in variants.items():
     cfg = FFFConfig(depth=depth, e2e=E2EConfig(**spec.get("e2e", {})))
     m = copy.deepcopy(lw)
     fff_ids = {id(p) for layer in fff_layers(m) for p in layer.parameters()}
+    words = m.get_input_embeddings().weight
     for pname, p in m.named_parameters():
         keep = {"all": True, "fff": id(p) in fff_ids, "fff+ln": id(p) in fff_ids or "LayerNorm" in pname,
-                "all-but-words": p is not m.get_input_embeddings().weight}[spec.get("train", "all")]
+                "all-but-words": p is not words}[spec.get("train", "all")]
         p.requires_grad_(keep)
     print(name, "trainable", sum(p.numel() for p in m.parameters() if p.requires_grad), flush=True)
     rep = end_to_end(m, teacher, cfg, ids, heldout, src.tokenizer, device, src.pooling, None, False, False)

@@ -238,10 +238,11 @@ def end_to_end(model, teacher, config: FFFConfig, ids, heldout, tokenizer, devic
                               checkpoint_dir=run / "e2e" if run else None, resume=resume, progress=progress)
     model.eval()
     after = compare(model, teacher, check, pooling) if check else {}
-    if before and mean(after["hidden_fvu"]) > mean(before["hidden_fvu"]):  # diverged, or far too few steps
+    fvu = [mean(r["hidden_fvu"]) for r in (before, after)] if before else None
+    if fvu and fvu[1] > fvu[0]:  # diverged, or far too few steps
         warnings.warn(f"end-to-end distillation left the model further from its source on held-out text (mean "
-                      f"hidden-state FVU {mean(before['hidden_fvu']):.3f} -> {mean(after['hidden_fvu']):.3f}); "
-                      "try a lower --e2e-lr or more --e2e-steps", stacklevel=2)
+                      f"hidden-state FVU {fvu[0]:.3f} -> {fvu[1]:.3f}); try a lower --e2e-lr or more --e2e-steps",
+                      stacklevel=2)
     return {"steps": e2e.steps, "batch_size": e2e.batch_size, "lr": e2e.lr, "heldout_texts": len(heldout),
             "layerwise_only": before, "after": after, "examples_per_s": stats["examples_per_s"]}
 

@@ -214,8 +214,6 @@ def write_reports(results: dict, out: Path):
              + f". Machine: {results['machine']}.", ""]
     if t.get("near_chance"):
         lines += ["**The teacher is near chance on the held-out split: retention against it means little.**", ""]
-    if len(keys) > 1:
-        lines += ["Dense teacher, every dev split: " + ", ".join(f"{k} {dense[k]:.2f}" for k in keys) + ".", ""]
     scores = "".join(f"FFF dev {k} | retention | " for k in keys)
     lines += ["| student | neurons per token | " + scores + "hard/soft agreement | distill steps (best) "
               "| FFN layer speedup | model speedup | seconds |", "|---|---:|" + "---:|---:|" * len(keys) + "---:|---:|---:|---:|---:|"]
