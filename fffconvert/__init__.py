@@ -9,6 +9,10 @@ Importing fffconvert registers the converted model types with transformers' Auto
 """
 __version__ = "0.2.0"
 
+from .quiet import install as _quiet_imports  # noqa: E402
+
+_quiet_imports()  # before anything imports transformers (and, through it, torchao)
+
 from .convert import FFFConfig, convert  # noqa: E402
 from .distill import DistillConfig  # noqa: E402
 from .e2e import E2EConfig  # noqa: E402

@@ -113,3 +113,15 @@ def test_own_warnings_print_as_one_line(monkeypatch):
     assert warnings.formatwarning("try a lower --e2e-lr", UserWarning, cli.__file__, 1) == \
         "Warning: try a lower --e2e-lr\n"
     assert "UserWarning: other" in warnings.formatwarning("other", UserWarning, "/elsewhere/module.py", 3)
+
+
+def test_importing_fffconvert_beside_torchao_is_quiet_but_keeps_other_warnings():
+    import subprocess
+    import sys
+
+    pytest.importorskip("torchao", reason="torchao (pip install fffconvert[quant])")
+    code = "import logging, fffconvert, torchao; logging.getLogger('torchao').warning('a warning of its own')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Failed to load" not in r.stderr and "Enum subclass" not in r.stderr
+    assert "a warning of its own" in r.stderr
