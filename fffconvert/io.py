@@ -14,6 +14,7 @@ from .errors import UserError
 from .folders import (check_finite, check_shapes, fetch, header_shapes, is_local, load_weights, meta_shapes,
                       read_config, weight_files)
 from .modeling import CONFIGS, as_fff_model, register
+from .quantize import is_quantized, quantize as apply_quantization
 from .surgery import fff_shapes, source_type
 
 MAX_SHARD_SIZE = "2GB"
@@ -93,7 +94,7 @@ def save_pretrained(model, path, tokenizer=None, overwrite=False, command=None, 
     `extra_files` ({relative path: bytes}, e.g. sentence-transformers modules)."""
     if not getattr(model.config, "fff", None):
         raise UserError("this model has no FFF layers; convert it first")
-    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+    if is_quantized(model):
         raise UserError("save the float32 model (quantization is recorded with --quantize and redone on loading)")
     as_fff_model(model)
     with atomic_folder(path, overwrite) as tmp:
@@ -158,9 +159,7 @@ def from_pretrained(name_or_path, device="cpu", dtype=None, quantize: bool = Tru
     check_finite(model, str(path))
     model = model.to(device=device, dtype=dtype).eval()
     if quantize and config.fff.get("quantize"):
-        from .quantize import quantize as apply
-
-        apply(model, config.fff["quantize"])
+        apply_quantization(model, config.fff["quantize"])
     return model
 
 

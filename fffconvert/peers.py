@@ -2,8 +2,10 @@
 
 Whole models, side by side in one process, timed in interleaved rounds (bench.time_calls):
 torch dense float32 (eager), ONNX Runtime float32 and dynamic int8 (QInt8) of the dense model
-when `onnxruntime` is installed, the FFF model in float32 (its kernel), and the FFF model with
-its remaining Linear layers in int8 (quantize.py). ONNX Runtime gets the same number of threads
+when `onnxruntime` is installed, the FFF model in float32 (its kernel), the FFF model with
+its remaining Linear layers in int8 (quantize.py: torch's fbgemm path, eager), and, when `torchao`
+is installed, the same with torchao's int8 run as `optimize` runs it (compiled; each shape's first
+calls, untimed, compile it). ONNX Runtime gets the same number of threads
 as torch, with its intra-op spinning off: a spinning pool keeps the cores busy after each run
 and slows whatever is timed next on a small machine.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .bench import BenchConfig, random_ids, time_calls
+from .optimize import optimize
 from .quantize import quantize
 
 SHAPES = ((1, 16), (1, 128), (8, 128))
@@ -59,6 +62,13 @@ def bench_peers(dense, fff, cfg: BenchConfig, shapes=SHAPES) -> list[dict]:
     fff_int8 = quantize(copy.deepcopy(fff), "int8")
     runs = {"torch dense fp32": lambda ids: dense(input_ids=ids), "fff fp32": lambda ids: fff(input_ids=ids),
             "fff + int8": lambda ids: fff_int8(input_ids=ids)}
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        compiled = optimize(quantize(copy.deepcopy(fff), "int8", backend="torchao"))
+        runs["fff + int8 compiled"] = lambda ids: compiled(input_ids=ids)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runs.update(onnx_sessions(dense, Path(tmp), torch.get_num_threads()))
@@ -71,6 +81,19 @@ def bench_peers(dense, fff, cfg: BenchConfig, shapes=SHAPES) -> list[dict]:
                          "ms": {k: [round(x * 1e3, 3) for x in v] for k, v in t.items()},
                          "speedup": {k: base / v[0] for k, v in t.items()}})
     return rows
+
+
+def peer_versions() -> dict:
+    """Versions of the optional runtimes compared (None: not installed)."""
+    from importlib import metadata
+
+    found = {}
+    for name in ("onnxruntime", "torchao"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def format_peers(rows: list[dict]) -> str:

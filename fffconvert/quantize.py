@@ -28,8 +28,7 @@ def quantize(model, scheme: str = "int8", backend: str = "auto"):
     if scheme not in SCHEMES:
         raise UserError(f"quantization {scheme!r} is not one of {', '.join(SCHEMES)}")
     device = next(model.parameters()).device
-    if backend == "auto":
-        backend = "torch" if device.type == "cpu" else "torchao"
+    backend = resolve_backend(backend, device.type)
     if backend == "torch":
         if device.type != "cpu":
             raise UserError("torch's dynamic int8 quantization runs on the CPU only; use backend='torchao'")
@@ -51,3 +50,20 @@ def quantize(model, scheme: str = "int8", backend: str = "auto"):
     if fff is not None:
         fff["quantize"] = scheme
     return qmodel
+
+
+def resolve_backend(backend: str, device_type: str) -> str:
+    """The backend "auto" stands for on a device (see the module's notes)."""
+    if backend == "auto":
+        return "torch" if device_type == "cpu" else "torchao"
+    return backend
+
+
+def quantized_by_torchao(model) -> bool:
+    return any(type(p).__module__.startswith("torchao") for p in model.parameters())
+
+
+def is_quantized(model) -> bool:
+    """Whether quantize() (either backend) has been applied to `model`."""
+    return quantized_by_torchao(model) or any(type(m).__module__.startswith("torch.ao.nn.quantized")
+                                              for m in model.modules())

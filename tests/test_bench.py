@@ -42,6 +42,11 @@ def test_bench_peers_table_and_json(tmp_path):
         names |= {"ort fp32", "ort int8"}
     except ImportError:
         pass
+    try:
+        import torchao  # noqa: F401
+        names |= {"fff + int8 compiled"}
+    except ImportError:
+        pass
     assert set(rows[0]["ms"]) == names and rows[0]["speedup"]["torch dense fp32"] == 1.0
     assert "| 8 x 128 |" in r.output
 
@@ -77,3 +82,28 @@ def test_quantize_int8_keeps_fff_layers_and_is_recorded(tmp_path, tokenizer, tex
     loaded = fffconvert.from_pretrained(tmp_path / "m")
     assert not any(type(m) is torch.nn.Linear for m in loaded.modules())
     assert any(type(m) is torch.nn.Linear for m in fffconvert.from_pretrained(tmp_path / "m", quantize=False).modules())
+
+
+def test_quantize_int8_with_torchao_keeps_the_outputs_and_is_not_saved(tmp_path, tokenizer, texts):
+    import pytest
+    import torch
+
+    pytest.importorskip("torchao", reason="torchao (pip install fffconvert[quant])")
+    import fffconvert
+    from fffconvert.convert import FFFConfig
+    from fffconvert.e2e import E2EConfig
+    from fffconvert.errors import UserError
+    from fffconvert.quantize import quantize, quantized_by_torchao
+    from conftest import tiny_model
+
+    model = fffconvert.convert(tiny_model("bert", "Model"), FFFConfig(depth=2, calib_tokens=1500, e2e=E2EConfig(steps=0)),
+                               texts[:150], tokenizer, progress=False)
+    batch = tokenizer(texts[200:204], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model(**batch).last_hidden_state
+        q = quantize(model, "int8", backend="torchao")
+        out = q(**batch).last_hidden_state
+    assert quantized_by_torchao(q) and q.config.fff["quantize"] == "int8"
+    assert torch.nn.functional.cosine_similarity(out.flatten(1), ref.flatten(1)).min() > 0.99
+    with pytest.raises(UserError, match="float32"):
+        fffconvert.save_pretrained(q, tmp_path / "q", tokenizer)

@@ -64,3 +64,27 @@ def test_training_and_gradients_run_eagerly():
     model.train()
     fast(input_ids=ids).logits.sum().backward()
     assert model.classifier.weight.grad is not None and not fast._graphs
+
+
+def test_a_torchao_int8_model_on_the_cpu_is_compiled_and_gives_its_outputs():
+    pytest.importorskip("torchao", reason="torchao (pip install fffconvert[quant])")
+    from fffconvert.optimize import CompiledModel
+    from fffconvert.quantize import quantize
+    from fffconvert.surgery import fff_layers
+
+    model = quantize(tiny_fff_model("bert"), "int8", backend="torchao")
+    assert all(type(p).__module__.startswith("torch.") for layer in fff_layers(model) for p in layer.parameters())
+    fast = fffconvert.optimize(model)
+    assert isinstance(fast, CompiledModel) and len(list(fast.parameters())) == len(list(model.parameters()))
+    assert fast.config is model.config and fast.get_input_embeddings() is model.get_input_embeddings()
+    g = torch.Generator().manual_seed(0)
+    for batch, tokens in [(3, 7), (3, 9), (1, 5)]:  # a shape, a new length (dynamic), batch 1
+        ids = torch.randint(1000, 30000, (batch, tokens), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, tokens // 2:] = 0
+        with torch.inference_mode():
+            torch.testing.assert_close(fast(input_ids=ids, attention_mask=mask).logits,
+                                       model(input_ids=ids, attention_mask=mask).logits, atol=1e-4, rtol=1e-4)
+    model.train()
+    fast(input_ids=ids).logits.sum().backward()  # training runs the model itself
+    assert model.classifier.bias.grad is not None
