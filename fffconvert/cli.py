@@ -271,8 +271,10 @@ def _convert_and_save(src, config, texts, where, output, overwrite, device, run,
 @click.option("--stsb", type=NonEmptyPath(), default=None, help="STS-B dev (a GLUE folder or STS-B/dev.tsv): Spearman of both models.")
 @click.option("--json", "json_path", type=NonEmptyPath(), default=None, help="Also write the results as JSON here.")
 @click.option("--int8", is_flag=True, help="Also measure the model with its Linear layers in int8 (CPU): what --quantize costs.")
+@click.option("--int8-backend", type=click.Choice(["auto", "torch", "torchao"]), default="auto", show_default=True,
+              help="With --int8: torch's fbgemm path (eager; auto on the CPU) or torchao's, run compiled as fffconvert.optimize runs it.")
 @DEVICE
-def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8, device):
+def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8, int8_backend, device):
     """Measure a converted model against its dense source on text it was not converted on."""
     from . import evaluate as ev
     from .errors import UserError
@@ -285,15 +287,20 @@ def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8,
     device = _device(device)
     if int8 and device != "cpu":
         raise UserError("--int8 measures the CPU's int8 kernels: use --device cpu")
+    if int8_backend != "auto" and not int8:
+        raise UserError("--int8-backend is for --int8")
     texts = ev.eval_texts(data, text_column, max_texts)
     pairs = ev.stsb_pairs(stsb) if stsb else None
     fff = from_pretrained(converted, quantize=False)
     src = load_dense(_dense_source(fff, dense, converted))
     result = ev.evaluate(fff, src.model, src.tokenizer, texts, src.pooling, pairs, device)
     if int8 or fff.config.fff.get("quantize") and device == "cpu":
-        from .quantize import quantize
+        from .optimize import optimize
+        from .quantize import quantize, resolve_backend
 
-        result["int8"] = ev.evaluate(quantize(fff, "int8"), src.model, src.tokenizer, texts, src.pooling, pairs, device)
+        q = optimize(quantize(fff, "int8", backend=int8_backend))
+        result["int8"] = ev.evaluate(q, src.model, src.tokenizer, texts, src.pooling, pairs, device)
+        result["int8"]["backend"] = resolve_backend(int8_backend, device)
     if pairs is not None and src.pooling is None:
         click.echo("Note: the source is not an embedding model (no sentence-transformers pooling): STS-B skipped.", err=True)
     click.echo(ev.to_markdown(result))
@@ -320,7 +327,7 @@ def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8,
 @click.option("--seq-len", type=click.IntRange(min=1, max=8192), default=128, show_default=True)
 @click.option("--peers", is_flag=True,
               help="Whole models against what CPU users run instead: ONNX Runtime fp32 and int8 (with onnxruntime "
-                   "installed), FFF fp32 and FFF + int8, at 1 x 16, 1 x 128 and 8 x 128 tokens.")
+                   "installed), FFF fp32, FFF + int8 and, with torchao installed, FFF + int8 compiled, at 1 x 16, 1 x 128 and 8 x 128 tokens.")
 @click.option("--converted", type=NonEmptyPath(), default=None,
               help="With --peers: a converted folder (and its recorded source, or --dense) instead of a random BERT shape.")
 @click.option("--dense", type=NonEmptyName(), default=None, help="With --converted: its dense source, if not the recorded one.")
@@ -351,7 +358,7 @@ def _bench_peers(json_path, converted, dense, kw):
 
     from . import bench as b
     from .errors import UserError
-    from .peers import bench_peers, format_peers
+    from .peers import bench_peers, format_peers, peer_versions
 
     if kw["device"] not in ("auto", "cpu"):
         raise UserError("--peers compares CPU runtimes: use --device cpu")
@@ -372,13 +379,7 @@ def _bench_peers(json_path, converted, dense, kw):
         what = (f"BERT-shaped model, random weights, H={cfg.hidden} F={cfg.ffn}, FFF depth {cfg.depth} "
                 f"leaf width {cfg.leaf_width}")
     rows = bench_peers(dense_model, fff, cfg)
-    env = b.environment(cfg)
-    try:
-        import onnxruntime
-
-        env["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        env["onnxruntime"] = None
+    env = {**b.environment(cfg), **peer_versions()}
     click.echo(f"fffconvert bench --peers: {what}; CPU {env['cpu']}, {env['threads']} threads, torch {env['torch']}")
     click.echo(format_peers(rows))
     if json_path:

@@ -140,7 +140,8 @@ def to_markdown(r: dict) -> str:
     if "by_source" in r:
         text += "\n\n" + _by_source_markdown(r["by_source"])
     if "int8" in r:
-        text += "\n\nWith the remaining Linear layers in int8:\n\n" + to_markdown(r["int8"]).split("\n\n", 1)[1]
+        text += (f"\n\nWith the remaining Linear layers in int8 ({r['int8']['backend']} backend):\n\n"
+                 + to_markdown(r["int8"]).split("\n\n", 1)[1])
     return text
 
 

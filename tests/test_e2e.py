@@ -136,6 +136,23 @@ def test_eval_reports_its_fields(converted_dir, tmp_path, texts):
     assert {"dense", "fff", "speedup", "batch"} <= result["speed_ms"].keys()
 
 
+@pytest.mark.parametrize("backend", ["auto", "torchao"])
+def test_eval_int8_reports_what_int8_costs(backend, converted_dir, tmp_path, texts):
+    if backend == "torchao":
+        pytest.importorskip("torchao", reason="torchao (pip install fffconvert[quant])")
+    data = tmp_path / "heldout.txt"
+    data.write_text("\n".join(texts[-20:]))
+    out = tmp_path / "eval.json"
+    r = CliRunner().invoke(main, ["eval", str(converted_dir), "--data", str(data), "--json", str(out), "--device", "cpu",
+                                  "--int8", "--int8-backend", backend])
+    assert r.exit_code == 0, r.output
+    named = "torch" if backend == "auto" else backend
+    assert f"in int8 ({named} backend)" in r.output
+    result = json.loads(out.read_text())
+    assert result["int8"]["backend"] == named and result["int8"]["texts"] == 20
+    assert result["int8"]["token_cosine"] > 0.9 * result["token_cosine"]  # near the float model's, not a broken one
+
+
 def test_eval_reports_each_file_of_a_folder(converted_dir, tmp_path, texts):
     folder = tmp_path / "texts"
     folder.mkdir()
