@@ -163,7 +163,7 @@ def distill_on_task(student, teacher, name, task, learn, heldout, dev, collate, 
     transfer = learn + augment(learn, copies, seed=args.seed)
     collate.encode(transfer)
     cfg = E2EConfig(steps=args.max_distill_steps, batch_size=rules.DISTILL_BATCH, lr=1e-4, fff_lr=5e-4, soft_frac=0.0,
-                    checkpoint_every=args.checkpoint_every)
+                    hidden_weight=args.hidden_weight, checkpoint_every=args.checkpoint_every)
     stats = distill_model(student, teacher, transfer, collate, cfg, device=device, seed=args.seed,
                           checkpoint_dir=out / "checkpoints" / f"distill-{name}", resume=args.resume,
                           evaluate=lambda m: headline(task, evaluate(m, task, {"heldout": heldout}, collate, device)),
@@ -274,6 +274,8 @@ def plot_sweep(results, key, path):
               help="End-to-end steps of the general models made here. Default: fffconvert's.")
 @click.option("--max-distill-steps", type=click.IntRange(min=1), default=rules.DISTILL_STEPS, show_default=True,
               help="At most this many task distillation steps (held-out scores stop it earlier).")
+@click.option("--hidden-weight", type=click.FloatRange(min=0), default=rules.TASK_HIDDEN_WEIGHT, show_default=True,
+              help="Weight of every layer's hidden states in the task distillation's loss (beside the logits').")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints under --output (and take its teacher).")
 @click.option("--teacher-only", is_flag=True, help="Finetune and score the teacher, then stop; --resume takes it later.")
