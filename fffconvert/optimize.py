@@ -13,11 +13,11 @@ mask with stride 0 that no fused attention kernel takes, so attention falls back
 On the CPU, a model quantized with torchao (`quantize(model, "int8", backend="torchao")`) runs
 under torch.compile with inductor's freezing (weights folded into the graph as constants): that is
 how torchao's int8 is meant to run on a CPU (in eager mode it is 3-4x slower than torch's fbgemm
-path), and it measured 1.2-1.4x faster than the fbgemm model in eager mode (docs/results/peers).
-The first call of a new input shape compiles (tens of seconds on 2 cores; after the second shape
-the graph is dynamic in the sequence length). The weights are read when a shape is compiled:
-a model changed afterwards needs a new `optimize`. Other CPU models are returned as they are: their
-compiled forward measured no faster than eager.
+path), and it measured 1.1-1.6x faster than the fbgemm model in eager mode (docs/results/peers).
+The first call of a new input shape compiles (BERT-base on 2 cores: 15 s; about a minute for the
+second shape, after which the graph is dynamic in the sequence length). The weights are read when
+a shape is compiled: a model changed afterwards needs a new `optimize`. Other CPU models are
+returned as they are: their compiled forward measured no faster than eager.
 """
 from collections import OrderedDict
 
