@@ -49,6 +49,8 @@ class _Inference(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            if name == "model":  # not set yet (a copy being rebuilt): no recursion
+                raise
             return getattr(self.model, name)
 
     def forward(self, input_ids=None, attention_mask=None, **kwargs):
@@ -63,7 +65,8 @@ class CompiledModel(_Inference):
         # In a list: not a second registered copy of the weights. No guards on the modules' state
         # (8% of a call at 1 x 16 tokens): frozen weights are constants anyway, so a model changed
         # after optimize() needs a new optimize().
-        self._compiled = [torch.compile(model, options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})]
+        unguarded = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+        self._compiled = [torch.compile(model, options=unguarded)]
 
     def _fast(self, **inputs):
         from torch._inductor import config as inductor
