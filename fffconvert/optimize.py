@@ -16,9 +16,11 @@ how torchao's int8 is meant to run on a CPU (in eager mode it is 3-4x slower tha
 path), and it measured 1.1-1.6x faster than the fbgemm model in eager mode (docs/results/peers).
 The first call of a new input shape compiles (BERT-base on 2 cores: 15 s; about a minute for the
 second shape, after which the graph is dynamic in the sequence length). The weights are read when
-a shape is compiled: a model changed afterwards needs a new `optimize`. Other CPU models are
-returned as they are: their compiled forward measured no faster than eager.
+a shape is compiled: a model changed afterwards needs a new `optimize`. Where it cannot compile
+(no C++ compiler, say), one warning, and the model runs eagerly. Other CPU models are returned as
+they are: their compiled forward measured no faster than eager.
 """
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -71,8 +73,14 @@ class CompiledModel(_Inference):
     def _fast(self, **inputs):
         from torch._inductor import config as inductor
 
-        with inductor.patch(freezing=True):  # read while compiling; freezing is inference-only
-            return self._compiled[0](**inputs)
+        try:
+            with inductor.patch(freezing=True):  # read while compiling; freezing is inference-only
+                return self._compiled[0](**inputs)
+        except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no C++ compiler: still the model, slower
+            reason = str(e).strip().splitlines()[0]
+            warnings.warn(f"torch.compile could not compile the model ({reason}); it runs eagerly", stacklevel=2)
+            self._compiled[0] = self.model
+            return self.model(**inputs)
 
 
 class GraphedModel(_Inference):

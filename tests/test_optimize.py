@@ -1,4 +1,6 @@
 """fffconvert.optimize: graphs per input shape give the model's own outputs (CUDA parts run on the GPU machine)."""
+import warnings
+
 import pytest
 import torch
 
@@ -88,3 +90,24 @@ def test_a_torchao_int8_model_on_the_cpu_is_compiled_and_gives_its_outputs():
     model.train()
     fast(input_ids=ids).logits.sum().backward()  # training runs the model itself
     assert model.classifier.bias.grad is not None
+
+
+def test_a_model_that_cannot_be_compiled_runs_eagerly_after_one_warning(monkeypatch):
+    pytest.importorskip("torchao", reason="torchao (pip install fffconvert[quant])")
+    import torch._inductor.config as inductor
+
+    from fffconvert.quantize import quantize
+
+    monkeypatch.setattr(inductor.cpp, "cxx", ("no-such-compiler",))
+    torch._dynamo.reset()
+    model = quantize(tiny_fff_model("bert"), "int8", backend="torchao")
+    fast = fffconvert.optimize(model)
+    ids = torch.randint(1000, 30000, (2, 5))
+    with torch.inference_mode():
+        with pytest.warns(UserWarning, match="could not compile the model .*C\\+\\+ compiler.*runs eagerly"):
+            got = fast(input_ids=ids).logits
+        torch.testing.assert_close(got, model(input_ids=ids).logits)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no second try, no second warning
+            torch.testing.assert_close(fast(input_ids=ids).logits, got)
+    torch._dynamo.reset()
