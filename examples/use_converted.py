@@ -8,10 +8,10 @@ load the converted folder as the FFF model; nothing else changes for the user.
 import sys
 import time
 
+import fffconvert  # noqa: F401  (registers the converted model types; first, as it filters torchao's import chatter)
 import torch
 from sentence_transformers import SentenceTransformer
 
-import fffconvert  # noqa: F401  (registers the converted model types)
 from fffconvert.sources import embedded_model_path
 
 SENTENCES = [
