@@ -2,12 +2,12 @@
 
 Whole models, side by side in one process, timed in interleaved rounds (bench.time_calls):
 torch dense float32 (eager), ONNX Runtime float32 and dynamic int8 (QInt8) of the dense model
-when `onnxruntime` is installed, the FFF model in float32 (its kernel), the FFF model with
-its remaining Linear layers in int8 (quantize.py: torch's fbgemm path, eager), and, when `torchao`
-is installed, the same with torchao's int8 run as `optimize` runs it (compiled; each shape's first
-calls, untimed, compile it). ONNX Runtime gets the same number of threads
-as torch, with its intra-op spinning off: a spinning pool keeps the cores busy after each run
-and slows whatever is timed next on a small machine.
+when `onnxruntime` is installed, the FFF model in float32 (its kernel), the FFF model with its
+remaining Linear layers in int8 (quantize.py: torch's fbgemm path, eager), and, when `torchao` is
+installed, the same with torchao's int8 run as `optimize` runs it (compiled; each shape's first,
+untimed calls compile it). ONNX Runtime gets the same number of threads as torch, with its
+intra-op spinning off: a spinning pool keeps the cores busy after each run and slows whatever is
+timed next on a small machine.
 """
 import copy
 import logging
@@ -62,11 +62,7 @@ def bench_peers(dense, fff, cfg: BenchConfig, shapes=SHAPES) -> list[dict]:
     fff_int8 = quantize(copy.deepcopy(fff), "int8")
     runs = {"torch dense fp32": lambda ids: dense(input_ids=ids), "fff fp32": lambda ids: fff(input_ids=ids),
             "fff + int8": lambda ids: fff_int8(input_ids=ids)}
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        pass
-    else:
+    if peer_versions()["torchao"]:
         compiled = optimize(quantize(copy.deepcopy(fff), "int8", backend="torchao"))
         runs["fff + int8 compiled"] = lambda ids: compiled(input_ids=ids)
     rows = []

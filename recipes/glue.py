@@ -201,6 +201,11 @@ def retention(fff: float, dense: float) -> str:
     return f"{100 * fff / dense:.1f}%" if dense > 0 else "n/a (teacher <= 0)"
 
 
+def score_cells(scores: dict, dense: dict, keys: list[str]) -> str:
+    """A student's table cells: each dev split's score and its retention."""
+    return "".join(f"{scores[k]:.2f} | {retention(scores[k], dense[k])} | " for k in keys)
+
+
 def write_reports(results: dict, out: Path):
     write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True))
     task, dense = results["task"], results["dense"]
@@ -220,12 +225,11 @@ def write_reports(results: dict, out: Path):
     for r in results["fff"]:
         s = r.get("speed")
         speed = f"{s['ffn_layer_speedup']:.1f}x | {s['model_speedup']:.2f}x" if s else "not measured | not measured"
-        cells = "".join(f"{r['fff'][k]:.2f} | {retention(r['fff'][k], dense[k])} | " for k in keys)
-        lines.append(f"| {r['name']} | {r['rows_per_token']:.1f} of {results['dense_ffn_width']} | {cells}{r['agreement']:.3f} "
+        lines.append(f"| {r['name']} | {r['rows_per_token']:.1f} of {results['dense_ffn_width']} | "
+                     f"{score_cells(r['fff'], dense, keys)}{r['agreement']:.3f} "
                      f"| {r['distill']['steps']} ({r['distill']['best_step']}) | {speed} | {r['seconds']:.0f} |")
         if "fff_int8" in r:
-            cells = "".join(f"{r['fff_int8'][k]:.2f} | {retention(r['fff_int8'][k], dense[k])} | " for k in keys)
-            lines.append(f"| {r['name']} + int8 Linears (CPU) | | {cells}| | | | |")
+            lines.append(f"| {r['name']} + int8 Linears (CPU) | | {score_cells(r['fff_int8'], dense, keys)}| | | | |")
     if t.get("tried"):
         lines += ["", f"Teacher finetuning: {sum(r['seconds'] for r in t['tried']):.0f} s "
                       f"({len(t['tried'])} learning rates, {t['steps_per_run']} steps each)."]

@@ -13,10 +13,10 @@ dev set: every choice below is made on `heldout`, a split of train, or follows f
 - Near chance: the teacher is flagged when its held-out score is within 2 points of what always
   predicting the majority class (classification) or a constant (correlations, MCC: 0) scores.
 - Task distillation (from the general FFF model): hard routing, the loss of e2e.py (logits KD
-  plus every layer's hidden states at weight TASK_HIDDEN_WEIGHT), batch 128; the learning data are the learning split plus
-  perturbed copies (augment.py): as many copies as bring it to 100k examples, at most 8. Up to
-  4000 steps; scored on `heldout` every 250 steps; stops after 4 scores without a gain; the best
-  is kept.
+  plus every layer's hidden states at weight TASK_HIDDEN_WEIGHT), batch 128; the learning data
+  are the learning split plus perturbed copies (augment.py): as many copies as bring it to 100k
+  examples, at most 8. Up to 4000 steps; scored on `heldout` every 250 steps; stops after 4
+  scores without a gain; the best is kept.
 """
 import math
 import random
