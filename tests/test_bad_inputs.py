@@ -265,6 +265,8 @@ OTHER_CLI_CASES = [
     ("eval: data folder of empty files", lambda b, t: ["eval", b / "converted", "--data",
                                                        text_folder(t / "d", {"a.txt": "\n", "b.jsonl": ""}),
                                                        "--json", t / "r.json"], "has no text"),
+    ("eval: unknown int8 backend", lambda b, t: ["eval", b / "converted", "--int8", "--int8-backend", "onnx"],
+     "'--int8-backend'"),
     ("eval: int8 backend without --int8", lambda b, t: ["eval", b / "converted", "--int8-backend", "torch"], "is for --int8"),
     ("eval: source not recorded", lambda b, t: ["eval", b / "converted"], "--dense"),
     ("eval: --dense of another model", lambda b, t: ["eval", b / "converted", "--dense", another_model(b, t)],

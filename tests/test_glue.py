@@ -283,6 +283,8 @@ def test_tiny_recipe_run_end_to_end_and_reproducible(tmp_path, minilm_path, gene
 @pytest.mark.parametrize("change,message", [
     (["--depth", "0"], "--depth must be integers >= 1"),
     (["--checkpoint-every", "0"], "'--checkpoint-every'"),
+    (["--hidden-weight", "-1"], "'--hidden-weight'"),
+    (["--hidden-weight", "x"], "'--hidden-weight'"),
     (["--data-dir", "/nowhere"], "no such file"),
     (["--device", "cuda"], "no CUDA GPU"),
     (["--model", ""], "'--model': is empty"),
