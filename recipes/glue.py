@@ -12,7 +12,7 @@
 2. Student, as the strongest compressed BERTs are made: the general, task-agnostic FFF model
    (--general, a folder `fffconvert MODEL` wrote; else converted here, at each --depth, on the
    general corpus plus the task's training text) with the teacher's task head, then distilled on
-   the task (hard routing, logits and hidden states).
+   the task (logits and hidden states; soft routing, then hard).
 3. Both scored on dev, with the retention, and timed side by side.
 
 Every default is a rule of the task's own training data (glue_rules.py); dev is only reported.
@@ -162,8 +162,9 @@ def distill_on_task(student, teacher, name, task, learn, heldout, dev, collate, 
     copies = rules.augment_copies(len(learn))
     transfer = learn + augment(learn, copies, seed=args.seed)
     collate.encode(transfer)
-    cfg = E2EConfig(steps=args.max_distill_steps, batch_size=rules.DISTILL_BATCH, lr=1e-4, fff_lr=5e-4, soft_frac=0.0,
-                    hidden_weight=args.hidden_weight, checkpoint_every=args.checkpoint_every)
+    cfg = E2EConfig(steps=args.max_distill_steps, batch_size=rules.DISTILL_BATCH, lr=1e-4, fff_lr=5e-4,
+                    soft_frac=args.soft_frac, t_start=rules.TASK_T_START, hidden_weight=args.hidden_weight,
+                    checkpoint_every=args.checkpoint_every)
     stats = distill_model(student, teacher, transfer, collate, cfg, device=device, seed=args.seed,
                           checkpoint_dir=out / "checkpoints" / f"distill-{name}", resume=args.resume,
                           evaluate=lambda m: headline(task, evaluate(m, task, {"heldout": heldout}, collate, device)),
@@ -280,6 +281,8 @@ def plot_sweep(results, key, path):
               help="At most this many task distillation steps (held-out scores stop it earlier).")
 @click.option("--hidden-weight", type=click.FloatRange(min=0), default=rules.TASK_HIDDEN_WEIGHT, show_default=True,
               help="Weight of every layer's hidden states in the task distillation's loss (beside the logits').")
+@click.option("--soft-frac", type=click.FloatRange(min=0, max=1), default=rules.TASK_SOFT_FRAC, show_default=True,
+              help="Share of the task distillation's steps with soft routing, where the routing learns too (0: frozen).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints under --output (and take its teacher).")
 @click.option("--teacher-only", is_flag=True, help="Finetune and score the teacher, then stop; --resume takes it later.")

@@ -1,9 +1,11 @@
 """The GLUE recipe: reading the TSV layout, the metrics, and a tiny end-to-end run."""
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 from augment import augment  # noqa: E402
@@ -277,6 +279,18 @@ def test_tiny_recipe_run_end_to_end_and_reproducible(tmp_path, minilm_path, gene
 
     assert untimed(later["teacher"]) == untimed(results["teacher"]) and later["fff"][0]["fff"] == row["fff"]
     assert "Teacher finetuning" in (tmp_path / "c" / "results.md").read_text()
+    # the routing learns the task's text in the soft steps (the default); --soft-frac 0 keeps the general model's
+    shutil.copytree(tmp_path / "c" / "dense", tmp_path / "d" / "dense")
+    r = CliRunner().invoke(glue.main, recipe_args(tmp_path / "d", minilm_path, general_dir) + ["--resume", "--soft-frac", "0"])
+    assert r.exit_code == 0, r.output
+    from fffconvert.surgery import fff_layers
+
+    def routing(path):
+        return [layer.node_weight.detach().clone() for layer in fff_layers(fffconvert.from_pretrained(path))]
+
+    general = routing(general_dir)
+    assert any(not torch.equal(a, b) for a, b in zip(routing(tmp_path / "a" / "fff-general-d2"), general))
+    assert all(torch.equal(a, b) for a, b in zip(routing(tmp_path / "d" / "fff-general-d2"), general))
 
 
 @needs_glue
@@ -285,6 +299,7 @@ def test_tiny_recipe_run_end_to_end_and_reproducible(tmp_path, minilm_path, gene
     (["--checkpoint-every", "0"], "'--checkpoint-every'"),
     (["--hidden-weight", "-1"], "'--hidden-weight'"),
     (["--hidden-weight", "x"], "'--hidden-weight'"),
+    (["--soft-frac", "1.5"], "'--soft-frac'"),
     (["--data-dir", "/nowhere"], "no such file"),
     (["--device", "cuda"], "no CUDA GPU"),
     (["--model", ""], "'--model': is empty"),
