@@ -16,8 +16,10 @@ dev set: every choice below is made on `heldout`, a split of train, or follows f
   hidden states at weight TASK_HIDDEN_WEIGHT), batch 128. The routing learns too: soft for the
   first TASK_SOFT_FRAC of the steps (temperature TASK_T_START -> 0.03, with the hardening loss),
   then hard, so that a tree fitted on other text can move to the task's (held-out scores of four
-  tasks, README: the acceptability task; frozen routing lost most where the task's text was of a
-  kind the general model had not seen). The learning data
+  tasks, docs/results/acceptability/README.md: frozen routing lost most where the task's text was
+  of a kind the general model had not seen). Every held-out score is of the hard forward, so the
+  model kept is the one the kernels run, even when the stopping rule ends the run in its soft
+  part. The learning data
   are the learning split plus perturbed copies (augment.py): as many copies as bring it to 100k
   examples, at most 8. Up to 4000 steps; scored on `heldout` every 250 steps; stops after 4
   scores without a gain; the best is kept.
