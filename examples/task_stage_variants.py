@@ -23,7 +23,6 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import glue  # noqa: E402
 import glue_rules as rules  # noqa: E402
-from augment import augment  # noqa: E402
 from batches import Collate  # noqa: E402
 from glue_tasks import TASKS, load_split  # noqa: E402
 
@@ -38,7 +37,7 @@ def adapted(general: str, source: str, tok, learn, device, out: Path) -> Path:
     """The general model distilled again against its dense source on the task's text (as `convert`'s end-to-end phase)."""
     model = fffconvert.from_pretrained(general).to(device)
     src = load_dense(source)
-    texts = [" ".join(r[:-1]) for r in learn + augment(learn, rules.augment_copies(len(learn)), seed=0)]
+    texts = [" ".join(r[:-1]) for r in glue.transfer_rows(learn, seed=0)]
     ids = tok(texts, truncation=True, max_length=128)["input_ids"]
     distill_model(model, src.model, ids, text_collate(tok.pad_token_id), E2EConfig(steps=1000), device=device,
                   pooling=src.pooling)
@@ -46,16 +45,11 @@ def adapted(general: str, source: str, tok, learn, device, out: Path) -> Path:
     return out / "adapted-general"
 
 
-def dense_student(source: str, teacher, task, learn, heldout, dev, collate, device) -> dict:
+def dense_student(source: str, teacher, task, learn, heldout, dev, collate, args, device) -> dict:
     """The dense source with the teacher's head, through the recipe's task stage (no routing to learn)."""
-    student = transformers.AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=TASKS[task].num_labels, dtype=torch.float32)
-    prefix = student.base_model_prefix + "."
-    head = {k: v for k, v in teacher.state_dict().items() if not k.startswith(prefix) or k.startswith(prefix + "pooler.")}
-    student.load_state_dict(head, strict=False)
-    transfer = learn + augment(learn, rules.augment_copies(len(learn)), seed=0)
-    cfg = E2EConfig(steps=rules.DISTILL_STEPS, batch_size=rules.DISTILL_BATCH, lr=1e-4, soft_frac=0.0)
-    stats = distill_model(student.to(device), teacher, transfer, collate, cfg, device=device,
+    student = glue.student_model(Path(source), teacher, task, device)
+    stats = distill_model(student, teacher, glue.transfer_rows(learn, args.seed), collate, glue.task_config(args),
+                          device=device, seed=args.seed,
                           evaluate=lambda m: glue.headline(task, glue.evaluate(m, task, {"heldout": heldout}, collate, device)),
                           eval_every=rules.EVAL_EVERY, patience=rules.PATIENCE)
     return {"fff": glue.evaluate(student, task, dev, collate, device),
@@ -77,13 +71,13 @@ def main(variant, task, data, teacher_dir, general, source, out):
     teacher = transformers.AutoModelForSequenceClassification.from_pretrained(teacher_dir, dtype=torch.float32).to(device)
     result = {"variant": variant, "teacher_dev": glue.evaluate(teacher, task, dev, collate, device),
               "teacher_heldout": glue.evaluate(teacher, task, {"heldout": heldout}, collate, device)}
+    args = SimpleNamespace(max_distill_steps=rules.DISTILL_STEPS, hidden_weight=rules.TASK_HIDDEN_WEIGHT,
+                           soft_frac=SOFT_FRAC.get(variant, 0.0), checkpoint_every=500, resume=False, seed=0, int8=False)
     if variant == "dense":
-        result["row"] = dense_student(source, teacher, task, learn, heldout, dev, collate, device)
+        result["row"] = dense_student(source, teacher, task, learn, heldout, dev, collate, args, device)
     else:
         if variant == "adapt":
             general = adapted(general, source, tok, learn, device, out)
-        args = SimpleNamespace(max_distill_steps=rules.DISTILL_STEPS, hidden_weight=rules.TASK_HIDDEN_WEIGHT,
-                               soft_frac=SOFT_FRAC[variant], checkpoint_every=500, resume=False, seed=0, int8=False)
         student = glue.student_model(Path(general), teacher, task, device)
         result["row"] = glue.distill_on_task(student, teacher, variant, task, learn, heldout, dev, collate, args, device, out)
     result["seconds"] = time.perf_counter() - t0

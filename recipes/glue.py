@@ -140,7 +140,7 @@ def general_model(args, depth: int, source: str, learn, device, out: Path) -> Pa
 
 
 def student_model(general: Path, teacher, task: str, device):
-    """The general FFF model's body with the teacher's task head (and pooler)."""
+    """The general FFF model's body (or any body of the teacher's kind) with the teacher's task head (and pooler)."""
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the head it reports missing is the teacher's, copied next
     try:
@@ -157,14 +157,24 @@ def student_model(general: Path, teacher, task: str, device):
     return student.to(device)
 
 
+def transfer_rows(learn: list, seed: int) -> list:
+    """The task stage's learning data: the learning split and its perturbed copies (glue_rules)."""
+    return learn + augment(learn, rules.augment_copies(len(learn)), seed=seed)
+
+
+def task_config(args) -> E2EConfig:
+    """The task stage's schedule and loss (glue_rules)."""
+    return E2EConfig(steps=args.max_distill_steps, batch_size=rules.DISTILL_BATCH, lr=1e-4, fff_lr=5e-4,
+                     soft_frac=args.soft_frac, t_start=rules.TASK_T_START, hidden_weight=args.hidden_weight,
+                     checkpoint_every=args.checkpoint_every)
+
+
 def distill_on_task(student, teacher, name, task, learn, heldout, dev, collate, args, device, out: Path) -> dict:
     t0 = time.perf_counter()
     copies = rules.augment_copies(len(learn))
-    transfer = learn + augment(learn, copies, seed=args.seed)
+    transfer = transfer_rows(learn, args.seed)
     collate.encode(transfer)
-    cfg = E2EConfig(steps=args.max_distill_steps, batch_size=rules.DISTILL_BATCH, lr=1e-4, fff_lr=5e-4,
-                    soft_frac=args.soft_frac, t_start=rules.TASK_T_START, hidden_weight=args.hidden_weight,
-                    checkpoint_every=args.checkpoint_every)
+    cfg = task_config(args)
     stats = distill_model(student, teacher, transfer, collate, cfg, device=device, seed=args.seed,
                           checkpoint_dir=out / "checkpoints" / f"distill-{name}", resume=args.resume,
                           evaluate=lambda m: headline(task, evaluate(m, task, {"heldout": heldout}, collate, device)),
