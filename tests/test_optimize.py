@@ -92,6 +92,30 @@ def test_a_torchao_int8_model_on_the_cpu_is_compiled_and_gives_its_outputs():
     assert model.classifier.bias.grad is not None
 
 
+def test_compiled_models_never_share_weights():
+    # the compiled graphs hold the weights as constants: two models of one class, or one model optimized
+    # again after a change, must each run their own
+    pytest.importorskip("torchao", reason="torchao (pip install fffconvert[quant])")
+    from fffconvert.quantize import quantize
+
+    models = [tiny_fff_model("bert") for _ in range(2)]
+    with torch.no_grad():
+        for p in models[1].parameters():  # two models of one class and shape, not of the same weights
+            p.mul_(0.7)
+    models = [quantize(m, "int8", backend="torchao") for m in models]
+    ids = torch.randint(1000, 30000, (2, 6))
+    with torch.inference_mode():
+        own = [m(input_ids=ids).logits for m in models]
+        apart = (own[0] - own[1]).abs().max()
+        for model, logits in zip(models, own):
+            assert (fffconvert.optimize(model)(input_ids=ids).logits - logits).abs().max() < apart / 10
+        with torch.no_grad():
+            for p in models[0].bert.embeddings.parameters():
+                p.mul_(0.7)
+        changed = models[0](input_ids=ids).logits
+        assert (fffconvert.optimize(models[0])(input_ids=ids).logits - changed).abs().max() < (changed - own[0]).abs().max() / 10
+
+
 def test_a_model_that_cannot_be_compiled_runs_eagerly_after_one_warning(monkeypatch):
     pytest.importorskip("torchao", reason="torchao (pip install fffconvert[quant])")
     import torch._inductor.config as inductor
