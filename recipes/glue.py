@@ -164,7 +164,7 @@ def transfer_rows(learn: list, seed: int) -> list:
 
 def task_config(args) -> E2EConfig:
     """The task stage's schedule and loss (glue_rules)."""
-    return E2EConfig(steps=args.max_distill_steps, batch_size=rules.DISTILL_BATCH, lr=1e-4, fff_lr=5e-4,
+    return E2EConfig(steps=args.max_distill_steps, batch_size=rules.DISTILL_BATCH, lr=rules.TASK_LR, fff_lr=rules.TASK_FFF_LR,
                      soft_frac=args.soft_frac, t_start=rules.TASK_T_START, hidden_weight=args.hidden_weight,
                      checkpoint_every=args.checkpoint_every)
 
