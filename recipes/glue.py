@@ -74,6 +74,15 @@ def headline(task: str, metrics: dict) -> float:
     return metrics[next(k for k in metrics if k.endswith(key))]
 
 
+def with_chance(report: dict, task: str, heldout) -> dict:
+    """The teacher's report with what chance scores on the held-out split, and whether it is near that."""
+    metric = TASKS[task].metrics[0]
+    chance = rules.chance_score(task, heldout, metric)
+    margin = rules.chance_margin(chance, metric, len(heldout))
+    report.update({"chance": chance, "chance_margin": margin, "near_chance": report["heldout"] <= chance + margin})
+    return report
+
+
 def teacher_model(source: str, task: str, learn, heldout, collate, args, device, out: Path, observe=None):
     """(teacher, report): MODEL if it is a classifier for the task, else the best finetuning on
     the held-out split over the rates, epochs and batch of glue_rules.finetune_plan.
@@ -86,7 +95,7 @@ def teacher_model(source: str, task: str, learn, heldout, collate, args, device,
     saved = out / "dense"
     if args.resume and (saved / "report.json").exists():
         model = transformers.AutoModelForSequenceClassification.from_pretrained(saved, dtype=torch.float32).to(device)
-        return model, json.loads((saved / "report.json").read_text())
+        return model, with_chance(json.loads((saved / "report.json").read_text()), task, heldout)  # today's rule
     rates, epochs, batch = rules.finetune_plan(len(learn))
     steps = epochs * max(1, len(learn) // batch)
     best, report = None, {"tried": []}
@@ -112,10 +121,8 @@ def teacher_model(source: str, task: str, learn, heldout, collate, args, device,
         else:
             del model
     model, score_, lr, step = best
-    metric = TASKS[task].metrics[0]
-    chance = rules.chance_score(task, heldout, metric)
-    report.update({"lr": lr, "step": step, "steps_per_run": steps, "batch": batch, "heldout": score_, "chance": chance,
-                   "near_chance": score_ <= chance + rules.NEAR_CHANCE_POINTS})
+    report.update({"lr": lr, "step": step, "steps_per_run": steps, "batch": batch, "heldout": score_})
+    with_chance(report, task, heldout)
     if rank_and_world()[0] == 0:
         model.save_pretrained(saved)
         write_text(saved / "report.json", json.dumps(report, indent=2))
@@ -226,7 +233,8 @@ def write_reports(results: dict, out: Path):
     t = results.get("teacher") or {}
     lines = [f"# GLUE {task}: dense vs FFF ({results['model']})", "",
              f"Dense teacher dev {key}: **{dense[key]:.2f}**" + (f" (learning rate {t['lr']:g}, step {t['step']}, chosen on "
-             f"a held-out split of train: {t['heldout']:.2f}; always the majority class: {t['chance']:.2f})" if t else "")
+             f"a held-out split of train: {t['heldout']:.2f}; always the majority class: {t['chance']:.2f}, and chance "
+             f"reaches {t['chance'] + t['chance_margin']:.2f} on that split)" if t else "")
              + f". Machine: {results['machine']}.", ""]
     if t.get("near_chance"):
         lines += ["**The teacher is near chance on the held-out split: retention against it means little.**", ""]

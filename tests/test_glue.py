@@ -179,13 +179,18 @@ def test_heldout_split_is_seeded_stratified_and_disjoint():
 
 
 def test_rules_follow_the_size_of_the_training_data():
-    from glue_rules import augment_copies, chance_score, finetune_plan
+    from glue_rules import augment_copies, chance_margin, chance_score, finetune_plan
 
     assert finetune_plan(2500) == ([2e-5, 5e-5, 1e-4], 10, 32) and finetune_plan(19999)[2] == 32
     assert finetune_plan(60000) == ([1e-4], 5, 128) and finetune_plan(390000) == ([1e-4], 3, 128)
     assert augment_copies(3000) == 8 and augment_copies(30000) == 3 and augment_copies(200000) == 0
     held = [("a", 1), ("b", 1), ("c", 0), ("d", 1)]
     assert chance_score("sst2", held, "accuracy") == 75.0 and chance_score("cola", held, "matthews") == 0.0
+    # near chance: two standard errors of a chance-level score on the held-out rows, at least 2 points
+    assert chance_margin(52.7, "accuracy", 249) == pytest.approx(6.33, abs=0.01)  # 54.9% on a small task is chance
+    assert chance_margin(55.8, "accuracy", 2000) == pytest.approx(2.22, abs=0.01)
+    assert chance_margin(0.0, "matthews", 855) == pytest.approx(6.84, abs=0.01)
+    assert chance_margin(50.0, "accuracy", 100_000) == 2.0
 
 
 @pytest.mark.parametrize("pairs", [False, True])
