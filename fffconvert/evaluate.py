@@ -126,9 +126,10 @@ def to_markdown(r: dict) -> str:
     lines += [f"| hidden-state FVU, layer {i + 1} | {v:.4f} |" for i, v in enumerate(r["hidden_fvu"])]
     lines.append(f"| cosine of final token states, mean | {r['token_cosine']:.4f} |")
     if "embedding_cosine" in r:
+        agree = r["neighbour_agreement"]
         lines += [f"| embedding cosine, mean | {r['embedding_cosine']:.4f} |",
                   f"| embedding cosine, 5th percentile | {r['embedding_cosine_p5']:.4f} |",
-                  f"| top-10 neighbour agreement | {r['neighbour_agreement']:.3f} |"]
+                  f"| top-10 neighbour agreement | {'n/a (11 texts or fewer)' if agree is None else f'{agree:.3f}'} |"]
     if "stsb_spearman" in r:
         s = r["stsb_spearman"]
         lines.append(f"| STS-B Spearman, dense / FFF (retention) | {s['dense']:.2f} / {s['fff']:.2f} "

@@ -65,12 +65,12 @@ def embedding_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tens
     return F.cosine_similarity(student, teacher, dim=-1)
 
 
-def neighbour_agreement(student: torch.Tensor, teacher: torch.Tensor, k: int = 10) -> float:
-    """Mean share of each text's k nearest other texts (by cosine) that both models agree on."""
+def neighbour_agreement(student: torch.Tensor, teacher: torch.Tensor, k: int = 10) -> float | None:
+    """Mean share of each text's k nearest other texts (by cosine) that both models agree on; None for
+    k + 1 texts or fewer, where every other text is a neighbour and agreement would be 1 whatever the models."""
+    if len(student) <= k + 1:
+        return None
     s, t = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
-    k = min(k, len(s) - 1)
-    if k < 1:
-        return float("nan")
     eye = torch.eye(len(s), dtype=torch.bool, device=s.device)
     top = lambda e: (e @ e.t()).masked_fill(eye, -2).topk(k, dim=1).indices  # noqa: E731
     a, b = top(s), top(t)

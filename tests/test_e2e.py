@@ -180,3 +180,12 @@ def test_eval_refuses_a_folder_that_is_not_converted(tmp_path, tokenizer):
     r = CliRunner().invoke(main, ["eval", str(dense)])
     assert r.exit_code == 2 and r.output.strip().startswith("Error:") and "not a model converted by fffconvert" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_neighbour_agreement_needs_more_texts_than_neighbours():
+    from fffconvert.measures import neighbour_agreement
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 16, generator=g), torch.randn(40, 16, generator=g)
+    assert neighbour_agreement(a, a) == 1.0 and neighbour_agreement(a, b) < 0.6  # unrelated: about 10 of 39
+    assert neighbour_agreement(a[:11], b[:11]) is None  # every other text would be a neighbour: 1 for any models
