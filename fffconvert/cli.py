@@ -92,8 +92,11 @@ class NonEmptyName(_NotEmpty, click.types.StringParamType):
     """A folder, a hub name or a column name."""
 
 
-def _ints(minimum: int):
-    """Callback: "10" -> 10, "10,10,8" -> [10, 10, 8] (one per layer); each >= minimum."""
+SEED = click.IntRange(0, 2**32 - 1)  # what every seeded library takes (numpy's is the narrowest)
+
+
+def _ints(minimum: int, maximum: int | None = None):
+    """Callback: "10" -> 10, "10,10,8" -> [10, 10, 8] (one per layer); each in [minimum, maximum]."""
     def parse(ctx, param, value):
         if value is None:
             return None
@@ -103,6 +106,8 @@ def _ints(minimum: int):
             raise click.BadParameter(f"expected an integer or comma-separated integers, got {value!r}")
         if any(v < minimum for v in values):
             raise click.BadParameter(f"must be >= {minimum}, got {value}")
+        if maximum is not None and any(v > maximum for v in values):
+            raise click.BadParameter(f"must be <= {maximum}, got {value}")
         return values[0] if len(values) == 1 else values
     return parse
 
@@ -161,7 +166,7 @@ def main():
 @click.option("--output", "-o", type=NonEmptyPath(), default=None, help="Output folder. Default: out/<model name>-fff.")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists (and start over).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted conversion into the same output.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @DEVICE
 @click.option("--allow-pickle", is_flag=True, help="Allow loading a pickle-only (.bin) checkpoint. Only for files you trust.")
 def convert(model, depth, leaf_width, neurons_per_token, calib_data, text_column, calib_tokens, steps, e2e_steps,
@@ -316,7 +321,7 @@ def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8,
 @click.option("--ffn", type=click.IntRange(min=2, max=65536), default=3072, show_default=True, help="F, the dense FFN width.")
 @click.option("--depth", type=click.IntRange(min=1, max=20), default=11, show_default=True)
 @click.option("--leaf-width", type=click.IntRange(min=1, max=4096), default=2, show_default=True)
-@click.option("--tokens", default="1,128,2048,16384", show_default=True, callback=_ints(0),
+@click.option("--tokens", default="1,128,2048,16384", show_default=True, callback=_ints(1, 1 << 20),
               help="Token counts for the layer benchmark.")
 @click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True, help="Timed rounds (median, min, max).")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True)

@@ -71,6 +71,8 @@ class FFFConfig:
             raise UserError(f"--calib-tokens must be >= 1, got {self.calib_tokens}")
         if not 0 < self.heldout < 1:
             raise UserError(f"heldout must be in (0, 1), got {self.heldout}")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.max_length < 2:
             raise UserError(f"max_length must be >= 2, got {self.max_length}")
         if self.distill.steps < 0:

@@ -37,7 +37,7 @@ from batches import Collate  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split, score  # noqa: E402
 
 import fffconvert  # noqa: E402
-from fffconvert.cli import NonEmptyName, NonEmptyPath, one_line_warnings  # noqa: E402
+from fffconvert.cli import SEED, NonEmptyName, NonEmptyPath, one_line_warnings  # noqa: E402
 from fffconvert.bench import DTYPES, BenchConfig, bench_layer, random_ids, time_models  # noqa: E402
 from fffconvert.atomic import check_writable, write_text  # noqa: E402
 from fffconvert.convert import FFFConfig  # noqa: E402
@@ -306,7 +306,7 @@ def plot_sweep(results, key, path):
 @click.option("--teacher-only", is_flag=True, help="Finetune and score the teacher, then stop; --resume takes it later.")
 @click.option("--no-speed", is_flag=True, help="Skip the speed measurement.")
 @click.option("--int8", is_flag=True, help="Also score the student with its remaining Linear layers in int8 (CPU).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def main(task, source, generals, depth, data_dir, output, device, **kw):
     """Finetune (or take) a teacher, distill an FFF student in two stages, score both; write results."""
     args = SimpleNamespace(**kw)

@@ -25,7 +25,7 @@ from glue import evaluate, headline, read_train, refuse, teacher_model  # noqa: 
 from glue_tasks import TASKS, DataError, load_split  # noqa: E402
 
 from fffconvert.atomic import write_text  # noqa: E402
-from fffconvert.cli import NonEmptyName, NonEmptyPath  # noqa: E402
+from fffconvert.cli import SEED, NonEmptyName, NonEmptyPath  # noqa: E402
 from fffconvert.errors import UserError  # noqa: E402
 from fffconvert.sources import embedded_model_path  # noqa: E402
 
@@ -40,7 +40,7 @@ def main():
 @click.option("--model", "source", type=NonEmptyName(), default=None, help="Default: the embedded all-MiniLM-L6-v2.")
 @click.option("--data-dir", type=NonEmptyPath(file_okay=False, exists=True), required=True)
 @click.option("--output", type=NonEmptyPath(dir_okay=False), required=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def record(task, source, data_dir, output, seed):
     """Held-out and dev score at every evaluation of the recipe's teacher finetuning."""
     source = source or str(embedded_model_path())

@@ -127,6 +127,7 @@ CLI_CASES = [
     ("zero e2e learning rate", lambda b, t: [b / "dense", "--e2e-lr", "0"], "'--e2e-lr'"),
     ("zero calibration tokens", lambda b, t: [b / "dense", "--calib-tokens", "0"], "'--calib-tokens'"),
     ("augment out of range", lambda b, t: [b / "dense", "--e2e-augment", "0.9"], "'--e2e-augment'"),
+    ("seed out of range", lambda b, t: [b / "dense", "--seed", "99999999999999999999"], "'--seed'"),
     ("text file missing", lambda b, t: [b / "dense", "--calib-data", t / "nope.txt"], "no such file"),
     ("text file empty", lambda b, t: [b / "dense", "--calib-data", write(t / "e.txt", "\n \n")], "has no text"),
     ("text file binary", lambda b, t: [b / "dense", "--calib-data", write(t / "b.txt", b"\xff\xfe\x00")], "cannot read"),
@@ -286,6 +287,8 @@ OTHER_CLI_CASES = [
     ("bench: batch 0", lambda b, t: ["bench", "--batch", "0"], "'--batch'"),
     ("bench: absurd sequence", lambda b, t: ["bench", "--seq-len", "100000000"], "'--seq-len'"),
     ("bench: tokens not numbers", lambda b, t: ["bench", "--tokens", "1,x"], "expected an integer"),
+    ("bench: zero tokens", lambda b, t: ["bench", "--tokens", "128,0"], "'--tokens': must be >= 1"),
+    ("bench: absurd tokens", lambda b, t: ["bench", "--tokens", "1000000000"], "'--tokens': must be <= 1048576"),
     ("bench: tree as wide as the FFN", lambda b, t: ["bench", "--ffn", "8", "--depth", "4", "--leaf-width", "4"], "below --ffn"),
     ("bench: --json under a file", lambda b, t: ["bench", "--json", write(t / "f", "x") / "b.json"], "is a file"),
 ]
