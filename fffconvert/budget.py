@@ -15,9 +15,9 @@ from .layer import FFF
 from .tree_init import fit_leaves
 
 
-def candidate_widths(budget: float, depth: int) -> list[int]:
-    """Leaf widths to measure: 1, 2, 3, 4, 6, 8, 12, ... up to 3 times the mean leaf width."""
-    top = max(2, int(3 * (budget - depth)))
+def candidate_widths(budget: float, depth: int, widest: int) -> list[int]:
+    """Leaf widths to measure: 1, 2, 3, 4, 6, 8, 12, ... up to 3 times the mean leaf width, and `widest`."""
+    top = max(1, min(widest, max(2, int(3 * (budget - depth)))))
     widths, w = [], 1
     while w < top:
         widths.append(w)

@@ -102,15 +102,34 @@ def layer_shapes(config: FFFConfig, n_layers: int, ffn_width: int, hidden: int) 
     if config.neurons_per_token is None:
         widths = [w or default_leaf_width(ffn_width, d) for d, w in zip(depths, widths)]
     for d, w in zip(depths, widths):
-        rows = d + (w or 1)
+        rows = d + (w or 1)  # a budget's widths are chosen later, within max_leaf_width
         if rows >= ffn_width:
             raise UserError(f"depth {d} with leaf width {w or 1} touches {rows} rows per token, not fewer than "
                             f"the dense FFN's {ffn_width} neurons: choose a smaller depth or leaf width")
-        size, dense = 2**d * (2 * (w or 1) + 1) * hidden + (2**d - 1) * (hidden + 1), 2 * ffn_width * hidden
+        size, dense = tree_size(d, w or 1, hidden), 2 * ffn_width * hidden
         if size > MAX_SIZE_RATIO * dense:
             raise UserError(f"depth {d} with leaf width {w or 1} makes {size:,} weights per layer, more than "
                             f"{MAX_SIZE_RATIO}x the dense FFN's {dense:,}: choose a smaller depth or leaf width")
+        if w is None and config.neurons_per_token - d > max_leaf_width(d, ffn_width, hidden):
+            raise UserError(f"--neurons-per-token {config.neurons_per_token:g} asks for leaves of "
+                            f"{config.neurons_per_token - d:g} neurons on average at depth {d}, more than the "
+                            f"{max_leaf_width(d, ffn_width, hidden)} this FFN ({ffn_width} neurons) allows: choose a "
+                            f"smaller budget or a larger depth")
     return list(zip(depths, widths))
+
+
+def tree_size(depth: int, leaf_width: int, hidden: int) -> int:
+    """Weights of one FFF layer (the leaves' neuron biases left out): two H-rows per leaf neuron and an
+    output bias per leaf, a row and a bias per node."""
+    return 2**depth * (2 * leaf_width + 1) * hidden + (2**depth - 1) * (hidden + 1)
+
+
+def max_leaf_width(depth: int, ffn_width: int, hidden: int) -> int:
+    """The widest leaf a tree of `depth` may have: fewer rows per token than the dense FFN has neurons,
+    and at most MAX_SIZE_RATIO times its weights (< 1: no leaf fits)."""
+    by_rows = ffn_width - depth - 1
+    by_size = (MAX_SIZE_RATIO * 2 * ffn_width * hidden - (2**depth - 1) * (hidden + 1)) // (2**depth * hidden)
+    return min(by_rows, (by_size - 1) // 2)
 
 
 def check_calibration(config: FFFConfig, ids) -> int:
@@ -276,8 +295,9 @@ def fit_layers(model, blocks, act, shapes, ids, n_tokens, config: FFFConfig, dev
         router = FFF(hidden, D, 1, act).to(device)
         leaf = build_tree(router, X_fit, A_fit, ffn, config.seed + 1000 * i)
         if L is None:  # a budget: measure this layer's error at several leaf widths
+            widths = candidate_widths(config.neurons_per_token, D, max_leaf_width(D, ffn.W1.shape[0], hidden))
             curves.append(width_curve(router, X_fit, A_fit, Y_fit, X_val, Y_val, leaf, ffn, config.seed + 1000 * i,
-                                      candidate_widths(config.neurons_per_token, D)))
+                                      widths))
         fits.append((router, leaf, X_fit, Y_fit, X_val, Y_val))  # A_fit is recomputed: it is the largest
     if curves:
         neurons = int(config.neurons_per_token * len(dense)) - sum(d for d, _ in shapes)

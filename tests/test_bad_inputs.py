@@ -123,6 +123,7 @@ CLI_CASES = [
     ("too deep for the text", lambda b, t: [b / "dense", "--depth", "6", "--leaf-width", "1", "--calib-tokens", "200"], "needs at least"),
     ("budget and leaf width", lambda b, t: [b / "dense", "--neurons-per-token", "8", "--leaf-width", "2"], "not both"),
     ("budget below depth", lambda b, t: [b / "dense", "--neurons-per-token", "2"], "leaves no neurons"),
+    ("budget above the FFN", lambda b, t: [b / "dense", "--neurons-per-token", "100000"], "smaller budget"),
     ("negative e2e steps", lambda b, t: [b / "dense", "--e2e-steps", "-1"], "'--e2e-steps'"),
     ("zero e2e learning rate", lambda b, t: [b / "dense", "--e2e-lr", "0"], "'--e2e-lr'"),
     ("zero calibration tokens", lambda b, t: [b / "dense", "--calib-tokens", "0"], "'--calib-tokens'"),

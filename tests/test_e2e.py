@@ -97,12 +97,18 @@ def test_per_layer_shapes_and_a_budget(tokenizer, texts, tmp_path):
     assert sum(r["depth"] + r["leaf_width"] for r in rows) <= 2 * 6 and all(r["leaf_width"] >= 1 for r in rows)
     assert all("fvu_by_width" in r for r in rows)
 
+    # a budget near the FFN's width (64): the leaf widths measured stay below it (61 at depth 2)
+    cfg = FFFConfig(depth=2, neurons_per_token=40, calib_tokens=3000, e2e=E2EConfig(steps=0))
+    rows = fffconvert.convert(hard_tiny_bert(), cfg, texts[:300], tokenizer, progress=False).config.fff["layers"]
+    assert all(max(map(int, r["fvu_by_width"])) == 61 and 2 + r["leaf_width"] < 64 for r in rows)
+
 
 @pytest.mark.parametrize("kw,message", [
     (dict(depth=[2, 2, 2]), "lists 3 values for a model with 2 FFN layers"),
     (dict(depth=2, leaf_width=70), "not fewer than the dense FFN's 64 neurons"),
     (dict(depth=2, neurons_per_token=2), "leaves no neurons"),
     (dict(depth=2, neurons_per_token=8, leaf_width=2), "not both"),
+    (dict(depth=2, neurons_per_token=100), "leaves of 98 neurons on average at depth 2, more than the 61"),
 ])
 def test_shape_mistakes_are_refused_before_any_work(kw, message, tokenizer, texts):
     with pytest.raises(UserError, match=message):
