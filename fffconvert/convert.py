@@ -110,11 +110,11 @@ def layer_shapes(config: FFFConfig, n_layers: int, ffn_width: int, hidden: int) 
         if size > MAX_SIZE_RATIO * dense:
             raise UserError(f"depth {d} with leaf width {w or 1} makes {size:,} weights per layer, more than "
                             f"{MAX_SIZE_RATIO}x the dense FFN's {dense:,}: choose a smaller depth or leaf width")
-        if w is None and config.neurons_per_token - d > max_leaf_width(d, ffn_width, hidden):
+        widest = max_leaf_width(d, ffn_width, hidden)
+        if w is None and config.neurons_per_token - d > widest:
             raise UserError(f"--neurons-per-token {config.neurons_per_token:g} asks for leaves of "
                             f"{config.neurons_per_token - d:g} neurons on average at depth {d}, more than the "
-                            f"{max_leaf_width(d, ffn_width, hidden)} this FFN ({ffn_width} neurons) allows: choose a "
-                            f"smaller budget or a larger depth")
+                            f"{widest} this FFN ({ffn_width} neurons) allows: choose a smaller budget or a larger depth")
     return list(zip(depths, widths))
 
 
