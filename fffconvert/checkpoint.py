@@ -4,6 +4,7 @@ and a conversion's finished phases.
     model.safetensors      the model's weights
     optimizer.safetensors  every tensor of the optimizer state, keyed "<param index>.<name>"
     best.safetensors       the weights at the best evaluation so far (runs that evaluate)
+    average.safetensors    the moving average of the weights (runs that average them)
     state.json             step, losses, the optimizer's param groups, the scheduler's state, extra
 
 Written to a temporary folder and renamed, so a run killed while saving keeps the previous one.
@@ -18,8 +19,9 @@ from .atomic import atomic_folder
 
 
 def save_checkpoint(path, model, opt, sched, step: int, losses: list[float], extra: dict | None = None,
-                    best: dict | None = None):
-    """`extra`: more of the run's state (JSON); `best`: the weights of its best evaluation so far."""
+                    best: dict | None = None, average=None):
+    """`extra`: more of the run's state (JSON); `best`: the weights of its best evaluation so far;
+    `average`: its torch.optim.swa_utils.AveragedModel."""
     opt_state = opt.state_dict()
     tensors, scalars = {}, {}
     for idx, state in opt_state["state"].items():
@@ -33,17 +35,24 @@ def save_checkpoint(path, model, opt, sched, step: int, losses: list[float], ext
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         if best is not None:
             save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / "best.safetensors"))
+        if average is not None:
+            save_model(average, str(tmp / "average.safetensors"))
         (tmp / "state.json").write_text(json.dumps({
             "step": step, "losses": losses, "param_groups": opt_state["param_groups"],
             "optimizer_scalars": scalars, "scheduler": sched.state_dict(), "extra": extra or {},
         }))
 
 
-def load_checkpoint(path, model, opt, sched) -> tuple[int, list[float], dict, dict | None]:
-    """Restore model, optimizer and scheduler in place; returns (step, losses, extra, best weights)."""
+def load_checkpoint(path, model, opt, sched, average=None) -> tuple[int, list[float], dict, dict | None]:
+    """Restore model, optimizer, scheduler (and the weights' average) in place; returns (step,
+    losses, extra, best weights)."""
     path = Path(path)
     device = next(model.parameters()).device
     load_model(model, str(path / "model.safetensors"), device=str(device))
+    if average is not None:
+        if not (path / "average.safetensors").exists():
+            raise ValueError(f"checkpoint {path} has no weight average: resume with the settings it started with")
+        load_model(average, str(path / "average.safetensors"), device=str(device))
     meta = json.loads((path / "state.json").read_text())
     state: dict = {}
     for key, value in load_file(str(path / "optimizer.safetensors"), device=str(device)).items():

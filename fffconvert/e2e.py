@@ -42,12 +42,13 @@ class E2EConfig:
     logits_weight: float = 1.0  # the head's logits (models with a head only)
     kd_temperature: float = 2.0
     weight_decay: float = 0.01  # AdamW's, on every trained parameter
+    average_steps: int = 0  # horizon of the weights' moving average that is scored and saved (train.py); 0: off
     augment: float = 0.0  # per token, the chance of its deletion and, again, of its replacement (see `perturbed`)
     checkpoint_every: int = 500
 
     def __post_init__(self):
-        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ValueError("end-to-end steps must be >= 0, batch size and checkpoint interval >= 1")
+        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1 or self.average_steps < 0:
+            raise ValueError("end-to-end steps and averaging steps must be >= 0, batch size and checkpoint interval >= 1")
         if self.lr <= 0 or self.fff_lr <= 0:
             raise ValueError("end-to-end learning rates must be > 0")
         if self.minutes is not None and self.minutes <= 0:
@@ -135,7 +136,7 @@ def distill_model(student, teacher, examples, collate, cfg: E2EConfig, device="c
         return loss
 
     train = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, fff_lr=cfg.fff_lr, warmup=cfg.warmup,
-                        weight_decay=cfg.weight_decay,
+                        weight_decay=cfg.weight_decay, average_steps=cfg.average_steps,
                         seed=seed, checkpoint_every=cfg.checkpoint_every, dropout=False, eval_every=eval_every,
                         patience=patience)
     stats = fit(student, examples, collate, loss_fn, train, device=device, checkpoint_dir=checkpoint_dir,

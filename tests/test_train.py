@@ -23,9 +23,10 @@ def ce(model, batch, step):
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
 
+@pytest.mark.parametrize("average", [0, 3])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, device):
-    cfg = TrainConfig(steps=6, batch_size=8, lr=1e-3, checkpoint_every=1)
+def test_resumed_run_equals_uninterrupted_run(tmp_path, device, average):
+    cfg = TrainConfig(steps=6, batch_size=8, lr=1e-3, checkpoint_every=1, average_steps=average)
     a = tiny_model("bert", "ForSequenceClassification").to(device)
     a.config.hidden_dropout_prob = 0.1
     fit(a, EXAMPLES, collate, ce, cfg, device=device)
@@ -38,7 +39,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, device):
     sa, sc = a.state_dict(), c.state_dict()
     assert all(torch.allclose(sa[k], sc[k], atol=1e-6) for k in sa)
     files = sorted(p.name for p in (tmp_path / "ck").iterdir())
-    assert files == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    assert files == sorted(["model.safetensors", "optimizer.safetensors", "state.json"]
+                           + ["average.safetensors"] * bool(average))
     assert json.loads((tmp_path / "ck" / "state.json").read_text())["step"] == 6
 
 
@@ -62,6 +64,25 @@ def test_end_to_end_distillation_ends_with_hard_routing():
     torch.testing.assert_close(again, hard)  # soft_routing restored the hard forward
     assert soft.shape == hard.shape
     assert 0.0 <= routing_agreement(student, [batch]) <= 1.0
+
+
+def test_averaging_returns_and_scores_the_moving_average_of_the_weights():
+    steps, horizon = 5, 3
+    model, after = tiny_model("bert", "ForSequenceClassification"), []
+    fit(model, EXAMPLES, collate, ce, TrainConfig(steps=steps, batch_size=8, lr=1e-2, dropout=False),
+        on_step=lambda step: after.append({k: v.clone() for k, v in model.named_parameters()}))
+    after = after[1:] + [dict(model.named_parameters())]  # the weights after each step
+    expected = {k: v.detach().clone() for k, v in after[0].items()}  # the average starts at the first step's
+    for weights in after[1:]:
+        for k in expected:
+            expected[k] += (weights[k].detach() - expected[k]) / horizon
+    averaged, scored = tiny_model("bert", "ForSequenceClassification"), []
+    cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-2, dropout=False, average_steps=horizon)
+    fit(averaged, EXAMPLES, collate, ce, cfg, evaluate=lambda m: scored.append(m.classifier.weight.clone()) or 0)
+    for k, v in averaged.named_parameters():
+        torch.testing.assert_close(v, expected[k])
+    torch.testing.assert_close(scored[-1], expected["classifier.weight"])  # the average is what is scored
+    assert not torch.allclose(expected["classifier.weight"], after[-1]["classifier.weight"])
 
 
 def test_selection_restores_the_best_checkpoint_and_stops_on_patience():
