@@ -11,7 +11,8 @@ what the task stage reaches without FFF layers), "adapt" (the general model firs
 against MODEL on the task's own text and its augmented copies, 1000 steps of 256, soft then hard;
 then the default task stage), "fff-lr-2e-3" (the FFF layers' learning rate 2e-3, as in `convert`'s
 end-to-end phase, instead of glue_rules.TASK_FFF_LR), "lr-3e-4" (everything's learning rate three
-times the default's). docs/results/acceptability/ holds what they gave.
+times the default's), "average" (the weights' moving average over EVAL_EVERY steps is scored and
+kept: glue_rules.TASK_AVERAGE_STEPS). docs/results/acceptability/ holds what they gave.
 """
 import json
 import sys
@@ -33,7 +34,7 @@ from fffconvert.e2e import E2EConfig, distill_model, text_collate  # noqa: E402
 from fffconvert.sources import load_dense  # noqa: E402
 
 SOFT_FRAC = {"default": rules.TASK_SOFT_FRAC, "adapt": rules.TASK_SOFT_FRAC, "frozen": 0.0, "soft25": 0.25,
-             "fff-lr-2e-3": rules.TASK_SOFT_FRAC, "lr-3e-4": rules.TASK_SOFT_FRAC}
+             "fff-lr-2e-3": rules.TASK_SOFT_FRAC, "lr-3e-4": rules.TASK_SOFT_FRAC, "average": rules.TASK_SOFT_FRAC}
 RATES = {"fff-lr-2e-3": (rules.TASK_LR, 2e-3), "lr-3e-4": (3 * rules.TASK_LR, 3 * rules.TASK_FFF_LR)}
 
 
@@ -67,6 +68,8 @@ def main(variant, task, data, teacher_dir, general, source, out):
     torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.perf_counter()
     rules.TASK_LR, rules.TASK_FFF_LR = RATES.get(variant, (rules.TASK_LR, rules.TASK_FFF_LR))  # read by glue.task_config
+    if variant == "average":
+        rules.TASK_AVERAGE_STEPS = rules.EVAL_EVERY
     train = load_split(task, "train", data)
     dev = {s: load_split(task, s, data) for s in TASKS[task].dev}
     regression = TASKS[task].num_labels == 1

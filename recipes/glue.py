@@ -173,7 +173,7 @@ def task_config(args) -> E2EConfig:
     """The task stage's schedule and loss (glue_rules)."""
     return E2EConfig(steps=args.max_distill_steps, batch_size=rules.DISTILL_BATCH, lr=rules.TASK_LR, fff_lr=rules.TASK_FFF_LR,
                      soft_frac=args.soft_frac, t_start=rules.TASK_T_START, hidden_weight=args.hidden_weight,
-                     checkpoint_every=args.checkpoint_every)
+                     average_steps=rules.TASK_AVERAGE_STEPS, checkpoint_every=args.checkpoint_every)
 
 
 def distill_on_task(student, teacher, name, task, learn, heldout, dev, collate, args, device, out: Path) -> dict:

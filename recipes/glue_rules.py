@@ -38,6 +38,8 @@ NEAR_CHANCE_POINTS, NEAR_CHANCE_ERRORS = 2.0, 2.0
 TASK_HIDDEN_WEIGHT = 1.0  # logits alone (0) scored no better on held-out splits (README: the acceptability task)
 TASK_LR, TASK_FFF_LR = 1e-4, 5e-4  # everything but the FFF layers, and those; three times both, or the FFF layers at
 #                                  2e-3, no better (docs/results/acceptability/README.md)
+TASK_AVERAGE_STEPS = 0  # the weights' moving average over EVAL_EVERY steps, scored and kept (train.py): lower held-out
+#                         scores on three tasks of four (docs/results/acceptability/README.md)
 TASK_SOFT_FRAC, TASK_T_START = 0.5, 0.1  # held-out, against frozen routing: +2.1/+2.5 (acceptability), +0.2 (STS-B),
 #                                      +0.1 (SST-2), -0.5/-1.2 (MRPC); a quarter soft: in between on both it ran on
 
