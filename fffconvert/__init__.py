@@ -4,6 +4,8 @@
     fffconvert.save_pretrained(model, "out/m", tokenizer)
     model = fffconvert.from_pretrained("out/m")   # or transformers.AutoModel.from_pretrained("out/m")
     fast = fffconvert.optimize(model.cuda().eval())  # on a GPU: CUDA graphs, one per input shape
+    report = fffconvert.evaluate(model, dense, tokenizer, texts)  # what `fffconvert eval` reports
+    fffconvert.quantize(model, "int8")  # the remaining Linear layers, in place
 
 Importing fffconvert registers the converted model types with transformers' Auto classes.
 """
@@ -17,11 +19,13 @@ from .convert import FFFConfig, convert  # noqa: E402
 from .distill import DistillConfig  # noqa: E402
 from .e2e import E2EConfig  # noqa: E402
 from .errors import UserError  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
 from .io import from_pretrained, push_to_hub, save_pretrained  # noqa: E402
 from .layer import FFF  # noqa: E402
 from .measures import Pooling  # noqa: E402
 from .modeling import register as _register  # noqa: E402
 from .optimize import optimize  # noqa: E402
+from .quantize import quantize  # noqa: E402
 from .surgery import ARCHITECTURES  # noqa: E402
 
 _register()
@@ -35,4 +39,4 @@ def __getattr__(name):  # the Trainer (and accelerate) load only for those who f
     raise AttributeError(f"module 'fffconvert' has no attribute {name!r}")
 
 __all__ = ["FFF", "FFFConfig", "DistillConfig", "E2EConfig", "Pooling", "convert", "save_pretrained", "from_pretrained",
-           "push_to_hub", "optimize", "RoutingTrainer", "RoutingSchedule", "ARCHITECTURES", "UserError", "__version__"]
+           "push_to_hub", "optimize", "quantize", "evaluate", "RoutingTrainer", "RoutingSchedule", "ARCHITECTURES", "UserError", "__version__"]

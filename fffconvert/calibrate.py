@@ -7,7 +7,23 @@ from these inputs, one layer at a time, so memory stays at layers x tokens x hid
 import torch
 from tqdm.auto import tqdm
 
+from .errors import UserError
 from .surgery import find_ffns
+
+
+def check_texts(texts, what: str = "texts") -> list:
+    """`texts` as a list, refused unless it is a non-empty sequence of strings or of (str, str)
+    pairs. A bare string would otherwise be taken as texts of one character each."""
+    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
+        raise UserError(f"{what} must be a list of strings (or of string pairs), got {type(texts).__name__}")
+    texts = list(texts)
+    if not texts:
+        raise UserError(f"{what} is empty")
+    for i, t in enumerate(texts):
+        pair = isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(x, str) for x in t)
+        if not (isinstance(t, str) or pair):
+            raise UserError(f"{what}[{i}] is a {type(t).__name__}, not a string or a pair of strings")
+    return texts
 
 
 def tokenize(tokenizer, texts, max_length: int = 128):

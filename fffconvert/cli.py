@@ -5,6 +5,7 @@ Every input is checked before any work or any write. A user mistake prints one `
 to stderr and exits with status 2, and nothing is written; set FFFCONVERT_DEBUG=1 for the full
 traceback. Heavy imports happen inside the commands, so `--help` is instant.
 """
+import math
 import os
 import sys
 import time
@@ -92,6 +93,16 @@ class NonEmptyName(_NotEmpty, click.types.StringParamType):
     """A folder, a hub name or a column name."""
 
 
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf: nan passes any bound (it compares false)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
+
+
 SEED = click.IntRange(0, 2**32 - 1)  # what every seeded library takes (numpy's is the narrowest)
 
 
@@ -140,7 +151,7 @@ def main():
               help="Tree depth D (2^D leaves, D routing rows per token); comma-separated: one per layer.")
 @click.option("--leaf-width", callback=_ints(1), default=None,
               help="Neurons per leaf; comma-separated: one per layer. Default: ceil(FFN width / 2^D).")
-@click.option("--neurons-per-token", type=click.FloatRange(min=2), default=None,
+@click.option("--neurons-per-token", type=FiniteFloat(min=2), default=None,
               help="A budget instead of a leaf width: the mean over layers of D + leaf width; the leaf widths "
                    "go where the measured error falls most.")
 @click.option("--calib-data", type=NonEmptyPath(), default=None,
@@ -154,12 +165,12 @@ def main():
 @click.option("--e2e-steps", type=click.IntRange(min=0), default=None,
               help="End-to-end distillation steps against the dense model (0: off). Default: see README.")
 @click.option("--e2e-batch-size", type=click.IntRange(min=1), default=None, help="Texts per end-to-end step.")
-@click.option("--e2e-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--e2e-lr", type=FiniteFloat(min=0, min_open=True), default=None,
               help="End-to-end learning rate of everything but the FFF layers (default 1e-3; lower it if the "
                    "report says the model moved away from its source).")
-@click.option("--e2e-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--e2e-minutes", type=FiniteFloat(min=0, min_open=True), default=None,
               help="A time budget instead of --e2e-steps: as many steps as fit, timed on this machine.")
-@click.option("--e2e-augment", type=click.FloatRange(0, 0.5), default=None,
+@click.option("--e2e-augment", type=FiniteFloat(0, 0.5), default=None,
               help="Chance per token of deletion and of replacement in the end-to-end texts.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Record int8 for the remaining Linear layers: fffconvert.from_pretrained quantizes them on loading.")
@@ -281,8 +292,8 @@ def _convert_and_save(src, config, texts, where, output, overwrite, device, run,
 @DEVICE
 def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8, int8_backend, device):
     """Measure a converted model against its dense source on text it was not converted on."""
-    from . import evaluate as ev
     from .errors import UserError
+    from .evaluate import eval_texts, evaluate, stsb_pairs, to_markdown, write_json
     from .io import from_pretrained
     from .sources import load_dense
 
@@ -294,23 +305,23 @@ def eval_(converted, dense, data, text_column, max_texts, stsb, json_path, int8,
         raise UserError("--int8 measures the CPU's int8 kernels: use --device cpu")
     if int8_backend != "auto" and not int8:
         raise UserError("--int8-backend is for --int8")
-    texts = ev.eval_texts(data, text_column, max_texts)
-    pairs = ev.stsb_pairs(stsb) if stsb else None
+    texts = eval_texts(data, text_column, max_texts)
+    pairs = stsb_pairs(stsb) if stsb else None
     fff = from_pretrained(converted, quantize=False)
     src = load_dense(_dense_source(fff, dense, converted))
-    result = ev.evaluate(fff, src.model, src.tokenizer, texts, src.pooling, pairs, device)
+    result = evaluate(fff, src.model, src.tokenizer, texts, src.pooling, pairs, device)
     if int8 or fff.config.fff.get("quantize") and device == "cpu":
         from .optimize import optimize
         from .quantize import quantize, resolve_backend
 
         q = optimize(quantize(fff, "int8", backend=int8_backend))
-        result["int8"] = ev.evaluate(q, src.model, src.tokenizer, texts, src.pooling, pairs, device)
+        result["int8"] = evaluate(q, src.model, src.tokenizer, texts, src.pooling, pairs, device)
         result["int8"]["backend"] = resolve_backend(int8_backend, device)
     if pairs is not None and src.pooling is None:
         click.echo("Note: the source is not an embedding model (no sentence-transformers pooling): STS-B skipped.", err=True)
-    click.echo(ev.to_markdown(result))
+    click.echo(to_markdown(result))
     if json_path:
-        ev.write_json(result, json_path)
+        write_json(result, json_path)
         click.echo(f"\nWrote {json_path}")
 
 

@@ -10,6 +10,7 @@ With `checkpoint_dir`, the layer-wise result and the end-to-end training are che
 import copy
 import hashlib
 import json
+import math
 import random
 import time
 import warnings
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .budget import allocate, candidate_widths, width_curve
-from .calibrate import capture_ffn_inputs, count_tokens, tokenize
+from .calibrate import capture_ffn_inputs, check_texts, count_tokens, tokenize
 from .checkpoint import load_stage, save_stage
 from .distill import DistillConfig, distill_layer, layer_report
 from .e2e import E2EConfig, distill_model, steps_for_minutes, text_collate
@@ -62,6 +63,8 @@ class FFFConfig:
         if any(w is not None and w < 1 for w in widths):
             raise UserError(f"--leaf-width must be >= 1, got {self.leaf_width}")
         if self.neurons_per_token is not None:
+            if not math.isfinite(self.neurons_per_token):
+                raise UserError(f"--neurons-per-token must be a finite number, got {self.neurons_per_token}")
             if self.leaf_width is not None:
                 raise UserError("give --leaf-width or --neurons-per-token, not both")
             if self.neurons_per_token <= max(depths):
@@ -190,6 +193,7 @@ def convert(model, config: FFFConfig, texts: list, tokenizer, device="cpu", prog
     """Replace every FFN of `model` by an FFF fitted to it on `texts` (strings, or pairs of strings),
     then distill the whole model against its dense self; returns the model, in eval mode.
     `pooling`: how the model's embedding is pooled, for an embedding model."""
+    texts = check_texts(texts)
     act = activation_of(model.config)  # raises for unsupported architectures and activations
     blocks = find_ffns(model)
     ffn_width, hidden = blocks[0].fc1.out_features, blocks[0].fc1.in_features

@@ -13,6 +13,7 @@ model learn with exactly the forward the kernels run; what is saved is that hard
 The whole student learns (attention, norms, embeddings too: they can make up for what a tree
 cannot hold), with dropout off: the aim is to reproduce the teacher, not to regularize.
 """
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -53,6 +54,9 @@ class E2EConfig:
             raise ValueError("end-to-end learning rates must be > 0")
         if self.minutes is not None and self.minutes <= 0:
             raise ValueError("end-to-end minutes must be > 0")
+        for name, value in vars(self).items():  # nan passes every comparison above
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"end-to-end {name} must be a finite number, got {value}")
 
 
 def set_phase(model, cfg: E2EConfig, step: int, steps: int) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .atomic import check_writable, write_text
-from .calibrate import tokenize
+from .calibrate import check_texts, tokenize
 from .e2e import text_collate
 from .errors import UserError
 from .measures import Pooling, gap_sums, merge, summarize
@@ -94,6 +94,7 @@ def evaluate(fff, dense, tokenizer, texts: list[str] | dict[str, list[str]], poo
     (eval_texts), measured together and, when there are several sources, each on its own."""
     check_source(fff, dense)
     sources = texts if isinstance(texts, dict) else {"texts": texts}
+    sources = {name: check_texts(ts, f"texts of {name}") for name, ts in sources.items()}
     fff, dense = fff.to(device).eval(), dense.to(device).eval()
     batches = {name: _batches(tokenizer, ts, device, max_length) for name, ts in sources.items()}
     sums = {name: gap_sums(fff, dense, b, pooling) for name, b in batches.items()}

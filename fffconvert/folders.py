@@ -47,7 +47,7 @@ def fetch(name: str, what: str = "model") -> Path:
     if is_local(name):
         path = Path(name).expanduser()
         if not path.is_dir():
-            raise UserError(f"{what} folder {name} does not exist")
+            raise UserError(f"{what} folder {name} {'is a file, not a folder' if path.exists() else 'does not exist'}")
         return path
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

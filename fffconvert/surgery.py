@@ -87,6 +87,8 @@ class FFNBlock:
 def find_ffns(model: nn.Module) -> list[FFNBlock]:
     """Every FFN of a supported model, in order; raises if the model has none."""
     spec = spec_for(model.config)
+    if any(isinstance(m, FFF) for m in model.modules()):
+        raise UserError("this model is converted already: its FFNs are FFF layers (convert the dense model)")
     found = []
     for name, module in model.named_modules():
         if re.fullmatch(spec.block, name):

@@ -37,7 +37,7 @@ from batches import Collate  # noqa: E402
 from glue_tasks import TASKS, DataError, load_split, score  # noqa: E402
 
 import fffconvert  # noqa: E402
-from fffconvert.cli import SEED, NonEmptyName, NonEmptyPath, one_line_warnings  # noqa: E402
+from fffconvert.cli import SEED, FiniteFloat, NonEmptyName, NonEmptyPath, one_line_warnings  # noqa: E402
 from fffconvert.bench import DTYPES, BenchConfig, bench_layer, random_ids, time_models  # noqa: E402
 from fffconvert.atomic import check_writable, write_text  # noqa: E402
 from fffconvert.convert import FFFConfig  # noqa: E402
@@ -297,9 +297,9 @@ def plot_sweep(results, key, path):
               help="End-to-end steps of the general models made here. Default: fffconvert's.")
 @click.option("--max-distill-steps", type=click.IntRange(min=1), default=rules.DISTILL_STEPS, show_default=True,
               help="At most this many task distillation steps (held-out scores stop it earlier).")
-@click.option("--hidden-weight", type=click.FloatRange(min=0), default=rules.TASK_HIDDEN_WEIGHT, show_default=True,
+@click.option("--hidden-weight", type=FiniteFloat(min=0), default=rules.TASK_HIDDEN_WEIGHT, show_default=True,
               help="Weight of every layer's hidden states in the task distillation's loss (beside the logits').")
-@click.option("--soft-frac", type=click.FloatRange(min=0, max=1), default=rules.TASK_SOFT_FRAC, show_default=True,
+@click.option("--soft-frac", type=FiniteFloat(min=0, max=1), default=rules.TASK_SOFT_FRAC, show_default=True,
               help="Share of the task distillation's steps with soft routing, where the routing learns too (0: frozen).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints under --output (and take its teacher).")

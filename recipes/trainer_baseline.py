@@ -24,7 +24,7 @@ from glue import evaluate, headline  # noqa: E402
 from glue_tasks import TASKS, load_split  # noqa: E402
 
 from fffconvert.atomic import write_text  # noqa: E402
-from fffconvert.cli import SEED, NonEmptyName, NonEmptyPath  # noqa: E402
+from fffconvert.cli import SEED, FiniteFloat, NonEmptyName, NonEmptyPath  # noqa: E402
 from fffconvert.sources import embedded_model_path  # noqa: E402
 
 
@@ -33,7 +33,7 @@ from fffconvert.sources import embedded_model_path  # noqa: E402
 @click.option("--model", "source", type=NonEmptyName(), default=None, help="Default: the embedded all-MiniLM-L6-v2.")
 @click.option("--data-dir", type=NonEmptyPath(file_okay=False, exists=True), required=True)
 @click.option("--output", type=NonEmptyPath(file_okay=False), required=True)
-@click.option("--lr", type=float, default=2e-5, show_default=True)
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=2e-5, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 def main(task, source, data_dir, output, lr, seed):
     t0 = time.perf_counter()

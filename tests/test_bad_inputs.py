@@ -124,8 +124,11 @@ CLI_CASES = [
     ("budget above the FFN", lambda b, t: [b / "dense", "--neurons-per-token", "100000"], "smaller budget"),
     ("budget and leaf width", lambda b, t: [b / "dense", "--neurons-per-token", "8", "--leaf-width", "2"], "not both"),
     ("budget below depth", lambda b, t: [b / "dense", "--neurons-per-token", "2"], "leaves no neurons"),
+    ("budget not a number", lambda b, t: [b / "dense", "--neurons-per-token", "nan"], "nan is not a finite number"),
     ("negative e2e steps", lambda b, t: [b / "dense", "--e2e-steps", "-1"], "'--e2e-steps'"),
     ("zero e2e learning rate", lambda b, t: [b / "dense", "--e2e-lr", "0"], "'--e2e-lr'"),
+    ("infinite e2e learning rate", lambda b, t: [b / "dense", "--e2e-lr", "inf"], "inf is not a finite number"),
+    ("e2e minutes not a number", lambda b, t: [b / "dense", "--e2e-minutes", "nan"], "nan is not a finite number"),
     ("zero calibration tokens", lambda b, t: [b / "dense", "--calib-tokens", "0"], "'--calib-tokens'"),
     ("augment out of range", lambda b, t: [b / "dense", "--e2e-augment", "0.9"], "'--e2e-augment'"),
     ("text file missing", lambda b, t: [b / "dense", "--calib-data", t / "nope.txt"], "no such file"),
@@ -216,6 +219,7 @@ def test_convert_refuses(name, make, message, base, tmp_path, monkeypatch):
 
 CONVERTED_CASES = [
     ("not a folder", lambda b, t: t / "nothing", "does not exist"),
+    ("a file", lambda b, t: write(t / "model.safetensors", "x"), "is a file, not a folder"),
     ("a dense folder", lambda b, t: b / "dense", "not a model converted by fffconvert"),
     ("weights truncated", lambda b, t: trunc(copy(b, "converted", t)), "not a readable safetensors file"),
     ("weights missing", lambda b, t: rm(copy(b, "converted", t), "model.safetensors"), "has no model.safetensors"),
@@ -252,6 +256,31 @@ def test_from_pretrained_refuses(name, make, message, base, tmp_path):
     assert message in str(e.value) and "\n" not in str(e.value)
     r = CliRunner().invoke(main, ["eval", str(path)])  # the same through the CLI: one line, exit 2
     assert r.exit_code == 2 and r.output.startswith("Error: ") and len(r.output.strip().splitlines()) == 1, r.output
+
+
+API_CASES = [
+    ("texts as one string", lambda b, tok: fffconvert.convert(tiny_model("bert"), SMALL, "one text, not a list", tok),
+     "must be a list of strings"),
+    ("no texts", lambda b, tok: fffconvert.convert(tiny_model("bert"), SMALL, [], tok), "texts is empty"),
+    ("texts of numbers", lambda b, tok: fffconvert.convert(tiny_model("bert"), SMALL, ["a text", 3], tok),
+     "texts[1] is a int"),
+    ("a converted model", lambda b, tok: fffconvert.convert(fffconvert.from_pretrained(b / "converted"), SMALL, ["a"], tok),
+     "converted already"),
+    ("eval texts as one string", lambda b, tok: fffconvert.evaluate(fffconvert.from_pretrained(b / "converted"),
+                                                                    tiny_model("bert"), tok, "one text"), "list of strings"),
+    ("budget not a number", lambda b, tok: FFFConfig(depth=2, neurons_per_token=float("nan")), "finite"),
+    ("quantization scheme", lambda b, tok: fffconvert.quantize(fffconvert.from_pretrained(b / "converted"), "int4"),
+     "'int4' is not one of int8"),
+]
+SMALL = FFFConfig(depth=2, calib_tokens=1500, e2e=E2EConfig(steps=0))
+
+
+@pytest.mark.parametrize("name,call,message", API_CASES, ids=[c[0] for c in API_CASES])
+def test_python_api_refuses(name, call, message, base, tokenizer):
+    """The same mistakes in Python: a UserError of one line, before any work."""
+    with pytest.raises(UserError) as e:
+        call(base, tokenizer)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 OTHER_CLI_CASES = [

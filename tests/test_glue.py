@@ -305,6 +305,7 @@ def test_tiny_recipe_run_end_to_end_and_reproducible(tmp_path, minilm_path, gene
     (["--hidden-weight", "-1"], "'--hidden-weight'"),
     (["--hidden-weight", "x"], "'--hidden-weight'"),
     (["--soft-frac", "1.5"], "'--soft-frac'"),
+    (["--soft-frac", "nan"], "nan is not a finite number"),
     (["--seed", "-1"], "'--seed'"),
     (["--data-dir", "/nowhere"], "no such file"),
     (["--device", "cuda"], "no CUDA GPU"),
