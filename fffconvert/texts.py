@@ -101,13 +101,27 @@ def _jsonl(path: Path, raw: str, column: str | None) -> list[str]:
 
 
 def _table(path: Path, raw: str, column: str | None, delimiter: str) -> list[str]:
+    """The column of a table. A TSV is read without quoting, as the format has none (GLUE's files hold
+    texts that start with a quote, which a CSV reader takes for a field running on to the next
+    quote, merging rows); a CSV with RFC 4180's quoting (a quoted field keeps its newlines). A file
+    whose rows come out uneven that way and even the other way (a TSV written with quotes) is read
+    the other way; even neither way, it is refused."""
     csv.field_size_limit(sys.maxsize)
-    rows = list(csv.reader(io.StringIO(raw, newline=""), delimiter=delimiter))  # a quoted field keeps its newlines
+    styles = (csv.QUOTE_NONE, csv.QUOTE_MINIMAL) if delimiter == "\t" else (csv.QUOTE_MINIMAL, csv.QUOTE_NONE)
+    parses = []
+    for quoting in styles:
+        rows = [r for r in csv.reader(io.StringIO(raw, newline=""), delimiter=delimiter, quoting=quoting) if r]
+        uneven = next((n for n, r in enumerate(rows[1:], start=2) if len(r) != len(rows[0])), None)
+        if uneven is None:
+            break
+        parses.append((rows, uneven))
+    else:
+        rows, n = parses[0]
+        raise UserError(f"{path}: row {n} has {len(rows[n - 1])} fields where the header has {len(rows[0])}")
     if not rows:
         return []
-    key = _pick_column(path, rows[0], column)
-    i = rows[0].index(key)
-    return [row[i] for row in rows[1:] if len(row) > i]
+    i = rows[0].index(_pick_column(path, rows[0], column))
+    return [row[i] for row in rows[1:]]
 
 
 def default_texts(max_texts: int = 200_000, warn=print) -> tuple[list[str], str]:

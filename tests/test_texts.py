@@ -32,6 +32,18 @@ def test_every_format_and_a_folder(tmp_path):
     assert t.read_text_sources(tmp_path / "a.txt") == {"a.txt": ["first line", "second line"]}
 
 
+def test_tables_keep_their_rows(tmp_path):
+    # GLUE's TSVs: texts that start with a quote, read as text (a CSV reader merged rows up to the next quote)
+    (tmp_path / "glue.tsv").write_text('sentence\tlabel\n"a quote opens this text\t1\nthe next row\t0\n')
+    assert t.read_texts(tmp_path / "glue.tsv") == ['"a quote opens this text', "the next row"]
+    # a TSV written with quotes (pandas' default) reads as it was written
+    (tmp_path / "quoted.tsv").write_text('text\tlabel\n"a tab\tinside"\t1\nplain\t0\n')
+    assert t.read_texts(tmp_path / "quoted.tsv") == ["a tab\tinside", "plain"]
+    (tmp_path / "ragged.csv").write_text("text,label\nfine,1\ntoo,many,fields\n")
+    with pytest.raises(UserError, match="row 3 has 3 fields where the header has 2"):
+        t.read_texts(tmp_path / "ragged.csv")
+
+
 def test_named_column(tmp_path):
     (tmp_path / "x.jsonl").write_text(json.dumps({"body2": "one", "text": "other"}) + "\n")
     assert t.read_texts(tmp_path / "x.jsonl", column="body2") == ["one"]
