@@ -42,6 +42,14 @@ def test_tables_keep_their_rows(tmp_path):
     (tmp_path / "ragged.csv").write_text("text,label\nfine,1\ntoo,many,fields\n")
     with pytest.raises(UserError, match="row 3 has 3 fields where the header has 2"):
         t.read_texts(tmp_path / "ragged.csv")
+    # a line a newline broke (as in QQP's train.tsv): left out with a warning, if rare; if not, refused
+    rows = [f"text {n}\t0" for n in range(1500)]
+    (tmp_path / "broken.tsv").write_text("\n".join(["text\tlabel", *rows[:700], "a broken", *rows[700:]]) + "\n")
+    with pytest.warns(UserWarning, match="left out 1 broken row"):
+        assert t.read_texts(tmp_path / "broken.tsv") == [f"text {n}" for n in range(1500)]
+    (tmp_path / "short.tsv").write_text("text\tlabel\nfine\t1\nshort\n")
+    with pytest.raises(UserError, match="row 3 has 1 fields where the header has 2"):
+        t.read_texts(tmp_path / "short.tsv")
 
 
 def test_named_column(tmp_path):
