@@ -24,14 +24,15 @@ SHAPES = ((1, 16), (1, 128), (8, 128))
 
 
 class _Encoder(torch.nn.Module):
-    """input_ids -> last hidden state: the graph that ONNX export sees."""
+    """input_ids -> the model's first output (a base model's last hidden state, a head's logits): the
+    graph that ONNX export sees."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids):
-        return self.model(input_ids=input_ids).last_hidden_state
+        return self.model(input_ids=input_ids)[0]
 
 
 def onnx_sessions(dense, folder: Path, threads: int) -> dict:

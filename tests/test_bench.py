@@ -3,7 +3,9 @@ import json
 
 from click.testing import CliRunner
 
+import fffconvert
 from fffconvert.cli import main
+from conftest import tiny_model
 
 
 def test_bench_writes_table_and_json(tmp_path):
@@ -49,6 +51,20 @@ def test_bench_peers_table_and_json(tmp_path):
         pass
     assert set(rows[0]["ms"]) == names and rows[0]["speedup"]["torch dense fp32"] == 1.0
     assert "| 8 x 128 |" in r.output
+
+
+def test_bench_peers_on_a_converted_classifier(tmp_path, tokenizer, texts):
+    """A user's folder with a task head (its logits are what ONNX Runtime is given to compute)."""
+    dense = tiny_model("bert", "ForSequenceClassification")
+    dense.save_pretrained(tmp_path / "dense")
+    tokenizer.save_pretrained(tmp_path / "dense")
+    cfg = fffconvert.FFFConfig(depth=2, calib_tokens=1500, e2e=fffconvert.E2EConfig(steps=0))
+    fff = fffconvert.convert(tiny_model("bert", "ForSequenceClassification"), cfg, texts[:150], tokenizer, progress=False)
+    fffconvert.save_pretrained(fff, tmp_path / "fff", tokenizer)
+    r = CliRunner().invoke(main, ["bench", "--peers", "--converted", str(tmp_path / "fff"), "--dense", str(tmp_path / "dense"),
+                                  "--repeats", "1", "--warmup", "0", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "| 8 x 128 |" in r.output and "fff + int8" in r.output
 
 
 def test_quantize_int8_keeps_fff_layers_and_is_recorded(tmp_path, tokenizer, texts):
