@@ -20,7 +20,7 @@ SHIPPED_CORPUS = Path(__file__).parent / "data" / "calibration.txt"
 SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv")
 TEXT_COLUMNS = ("text", "sentence", "content", "document", "body")
 # Rows of too few fields are lines that a newline inside a field broke (QQP's train.tsv has a few); up
-# to this share of a table's rows are left out with a warning, as the GLUE recipe does (glue_tasks.py).
+# to this share of a table's rows are left out with a warning (here and by the GLUE recipe's reader).
 MAX_BROKEN_SHARE = 1e-3
 # The default corpus when `datasets` can reach the hub: Wikipedia articles (WikiText-103).
 GENERAL_CORPUS = ("Salesforce/wikitext", "wikitext-103-raw-v1")
@@ -112,10 +112,10 @@ def _table(path: Path, raw: str, column: str | None, delimiter: str) -> list[str
     csv.field_size_limit(sys.maxsize)
     styles = (csv.QUOTE_NONE, csv.QUOTE_MINIMAL) if delimiter == "\t" else (csv.QUOTE_MINIMAL, csv.QUOTE_NONE)
     parses = [[r for r in csv.reader(io.StringIO(raw, newline=""), delimiter=delimiter, quoting=q) if r] for q in styles]
-    rows = min(parses, key=lambda rows: len(_uneven(rows)))  # on a tie, the format's own
+    rows, uneven = min(((rows, _uneven(rows)) for rows in parses), key=lambda p: len(p[1]))  # a tie: the format's own
     if not rows:
         return []
-    i, width, uneven = rows[0].index(_pick_column(path, rows[0], column)), len(rows[0]), _uneven(rows)
+    i, width = rows[0].index(_pick_column(path, rows[0], column)), len(rows[0])
     if uneven and (max(got for _, got in uneven) > width or len(uneven) > MAX_BROKEN_SHARE * (len(rows) - 1)):
         n, got = uneven[0]
         raise UserError(f"{path}: row {n} has {got} fields where the header has {width}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fffconvert.errors import Advice
+from fffconvert.texts import MAX_BROKEN_SHARE
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,8 @@ class DataWarning(Advice):
 
 
 # A row with too few columns is a line that a newline inside a field broke in two (QQP's train.tsv
-# has a few); up to this share of a file's rows are left out, with a warning, as the reference GLUE
-# loaders leave them out. More means a file of another layout: an error.
-MAX_BROKEN_SHARE = 1e-3
-
-
+# has a few); up to texts.MAX_BROKEN_SHARE of a file's rows are left out, with a warning, as the reference
+# GLUE loaders leave them out. More means a file of another layout: an error.
 def read_tsv(path: Path, task: Task) -> list[tuple]:
     """Rows of (text, [text2,] label) from a GLUE TSV file."""
     if not path.exists():
